@@ -1,0 +1,201 @@
+"""The vault: per-subject data keys in the key store, AEAD encryption bound to its row, and the
+keyed blind index used to look identifiers up without storing them in clear.
+
+Ciphertext layout: ``0x01 | key id (16 bytes) | nonce (12) | AES-256-GCM ciphertext and tag``.
+The associated data names the table, column, subject and row, so a ciphertext copied into another
+row, column or subject fails to decrypt instead of yielding someone else's data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from profilestore.crypto.keyring import MasterKeyring
+from profilestore.crypto.models import DataKey, KeystoreMeta
+from profilestore.db import Database
+from profilestore.kit.errors import Unavailable
+from profilestore.kit.time import utcnow
+
+VERSION = b"\x01"
+INDEX_ROOT_PURPOSE = b"blind-index-root"
+
+
+class DecryptionError(Exception):
+    """A ciphertext did not authenticate: wrong row, wrong subject, tampered, or key shredded."""
+
+
+def _associated_data(table: str, column: str, subject_id: str, row_key: str) -> bytes:
+    return f"profilestore:v1|{table}|{column}|{subject_id}|{row_key}".encode()
+
+
+@dataclass
+class SubjectCipher:
+    """Encrypts and decrypts one subject's values. New values use the subject's primary key;
+    keys inherited through merges still decrypt what they protected."""
+
+    subject_id: str
+    primary_key_id: str
+    keys: dict[str, bytes] = field(repr=False)
+
+    def encrypt(self, table: str, column: str, row_key: str, plaintext: bytes) -> bytes:
+        nonce = secrets.token_bytes(12)
+        aead = AESGCM(self.keys[self.primary_key_id])
+        sealed = aead.encrypt(nonce, plaintext, _associated_data(table, column, self.subject_id, row_key))
+        return VERSION + bytes.fromhex(self.primary_key_id) + nonce + sealed
+
+    def as_subject(self, subject_id: str) -> SubjectCipher:
+        """The same keys, bound to another subject id: for rows that keep the id of a subject that
+        was merged into this one (ledger records never move)."""
+        return SubjectCipher(subject_id, self.primary_key_id, self.keys)
+
+    def decrypt(self, table: str, column: str, row_key: str, blob: bytes) -> bytes:
+        if blob[:1] != VERSION:
+            raise DecryptionError("unknown ciphertext version")
+        key = self.keys.get(blob[1:17].hex())
+        if key is None:
+            raise DecryptionError("the data key is not held by this subject (shredded or foreign)")
+        try:
+            return AESGCM(key).decrypt(
+                blob[17:29], blob[29:], _associated_data(table, column, self.subject_id, row_key)
+            )
+        except InvalidTag as exc:
+            raise DecryptionError("ciphertext does not belong to this row") from exc
+
+
+def _insert_ignore(session: Session, table: type[KeystoreMeta], values: dict[str, object]) -> None:
+    dialect = session.get_bind().dialect.name
+    factory = pg_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(factory(table).values(**values).on_conflict_do_nothing())
+
+
+class Vault:
+    """Data keys and the blind index. Key-store writes commit in their own short transactions,
+    before the data that depends on them: a failed request leaves at most an unused key behind."""
+
+    def __init__(self, keystore: Database, keyring: MasterKeyring) -> None:
+        self.keystore = keystore
+        self.keyring = keyring
+        self._index_key: bytes | None = None
+
+    # -- setup -----------------------------------------------------------------------------------
+
+    def initialise(self) -> None:
+        """Create the key-store metadata (the blind-index root) once; safe to race."""
+        with self.keystore.transaction() as session:
+            if session.get(KeystoreMeta, 1) is None:
+                root = secrets.token_bytes(32)
+                current = self.keyring.current_id
+                _insert_ignore(
+                    session,
+                    KeystoreMeta,
+                    {
+                        "id": 1,
+                        "current_master_key_id": current,
+                        "index_root_wrapped": self.keyring.wrap(current, INDEX_ROOT_PURPOSE, root),
+                        "index_root_master_key_id": current,
+                        "updated_at": utcnow(),
+                    },
+                )
+        self._index_key = None
+
+    def _meta(self, session: Session, *, lock: bool = False) -> KeystoreMeta:
+        query = select(KeystoreMeta).where(KeystoreMeta.id == 1)
+        if lock and session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(read=True)
+        meta = session.scalars(query).one_or_none()
+        if meta is None:
+            raise Unavailable("the key store is not initialised: run `profilestore migrate`")
+        return meta
+
+    # -- blind index -----------------------------------------------------------------------------
+
+    @property
+    def index_key(self) -> bytes:
+        # The root never changes (rotation re-wraps it), so deriving once per process is safe.
+        if self._index_key is None:
+            with self.keystore.transaction(write=False) as session:
+                meta = self._meta(session)
+                root = self.keyring.unwrap(meta.index_root_master_key_id, INDEX_ROOT_PURPOSE, meta.index_root_wrapped)
+            self._index_key = HKDF(
+                algorithm=hashes.SHA256(), length=32, salt=None, info=b"profilestore blind index v1"
+            ).derive(root)
+        return self._index_key
+
+    def blind_index(self, kind: str, normalised: str) -> bytes:
+        """HMAC-SHA256 of the kind and the normalised value: equal inputs, equal index; no value."""
+        return hmac.new(self.index_key, f"{kind}\x00{normalised}".encode(), hashlib.sha256).digest()
+
+    # -- data keys -------------------------------------------------------------------------------
+
+    def create_subject_key(self, subject_id: str) -> SubjectCipher:
+        raw = secrets.token_bytes(32)
+        key_id = secrets.token_hex(16)
+        with self.keystore.transaction() as session:
+            master = self._meta(session, lock=True).current_master_key_id
+            session.add(
+                DataKey(
+                    key_id=key_id,
+                    subject_id=subject_id,
+                    is_primary=True,
+                    wrapped_key=self._wrap_data_key(master, key_id, raw),
+                    master_key_id=master,
+                    created_at=utcnow(),
+                )
+            )
+        return SubjectCipher(subject_id, key_id, {key_id: raw})
+
+    def _wrap_data_key(self, master: str, key_id: str, raw: bytes) -> bytes:
+        if not self.keyring.knows(master):
+            raise Unavailable("the key store names a master key this process does not hold; restart it")
+        return self.keyring.wrap(master, key_id.encode(), raw)
+
+    def ciphers(self, subject_ids: Iterable[str]) -> dict[str, SubjectCipher]:
+        """Ciphers for the given subjects (one key-store query); subjects without keys are absent."""
+        wanted = sorted(set(subject_ids))
+        if not wanted:
+            return {}
+        with self.keystore.transaction(write=False) as session:
+            rows = session.scalars(select(DataKey).where(DataKey.subject_id.in_(wanted))).all()
+        keys: dict[str, dict[str, bytes]] = {}
+        primary: dict[str, str] = {}
+        for row in rows:
+            raw = self.keyring.unwrap(row.master_key_id, row.key_id.encode(), row.wrapped_key)
+            keys.setdefault(row.subject_id, {})[row.key_id] = raw
+            if row.is_primary:
+                primary[row.subject_id] = row.key_id
+        return {sid: SubjectCipher(sid, primary[sid], keys[sid]) for sid in keys if sid in primary}
+
+    def cipher(self, subject_id: str) -> SubjectCipher:
+        found = self.ciphers([subject_id]).get(subject_id)
+        if found is None:
+            raise DecryptionError("no data key for this subject")
+        return found
+
+    def transfer_keys(self, from_subject: str, to_subject: str) -> None:
+        """On a merge the survivor inherits the merged subject's keys (as secondary keys), so
+        ledger evidence that stays under the old subject id remains readable — and shreddable."""
+        with self.keystore.transaction() as session:
+            session.execute(
+                update(DataKey)
+                .where(DataKey.subject_id == from_subject)
+                .values(subject_id=to_subject, is_primary=False)
+            )
+
+    def shred(self, subject_id: str) -> int:
+        """Delete every data key of the subject: all its ciphertexts become unreadable."""
+        with self.keystore.transaction() as session:
+            result = session.execute(delete(DataKey).where(DataKey.subject_id == subject_id))
+            return int(getattr(result, "rowcount", 0) or 0)

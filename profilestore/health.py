@@ -1,0 +1,31 @@
+"""Liveness and readiness: unauthenticated, and they reveal nothing but up or down."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from profilestore.deps import get_runtime
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    runtime = get_runtime(request)
+    checks = {}
+    for name, database in (("database", runtime.db), ("keystore", runtime.keystore)):
+        try:
+            with database.read_engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            checks[name] = "ok"
+        except Exception:  # any failure means not ready; the reason goes to the log, not the caller
+            checks[name] = "unavailable"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503)

@@ -1,0 +1,1 @@
+"""Small shared pieces every domain uses: database plumbing, errors, time, ids, hash chains."""

@@ -1,0 +1,24 @@
+"""Pure rules of the purpose and category hierarchies (dotted keys: a parent is a prefix)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+KEY_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+
+
+def ancestors(key: str) -> list[str]:
+    """``key`` and every key above it, most specific first: a.b.c → [a.b.c, a.b, a]."""
+    parts = key.split(".")
+    return [".".join(parts[:end]) for end in range(len(parts), 0, -1)]
+
+
+def parent_of(key: str) -> str | None:
+    return key.rsplit(".", 1)[0] if "." in key else None
+
+
+def covers(allowed: Iterable[str], category: str) -> bool:
+    """Whether a policy listing ``allowed`` categories covers ``category`` (a parent covers children)."""
+    above = set(ancestors(category))
+    return any(c in above for c in allowed)
