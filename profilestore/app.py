@@ -5,8 +5,13 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from profilestore import __version__, health
+from profilestore.auth.router import router as clients_router
 from profilestore.config import Settings
+from profilestore.consent.router import router as consent_router
+from profilestore.identity.router import router as subjects_router
 from profilestore.kit.http import RequestContextMiddleware, install_error_handlers
+from profilestore.preferences.router import router as preferences_router
+from profilestore.purposes.router import router as purposes_router
 from profilestore.runtime import Runtime
 
 
@@ -20,6 +25,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    app.include_router(health.router)
+    for router in (
+        health.router,
+        consent_router,
+        preferences_router,
+        subjects_router,
+        purposes_router,
+        clients_router,
+    ):
+        app.include_router(router)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=runtime.settings.max_body_bytes)
     return app

@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     # Consent
     default_consent_valid_days: int = 395  # 13 months, the usual ceiling for consent validity
     default_retention_days: int = 730
+    gpc_purposes: list[str] = Field(
+        default_factory=lambda: [
+            "third_party_sharing",
+            "marketing.advertising.first_party.targeted",
+            "marketing.advertising.third_party.targeted",
+        ],
+        description="Purposes a Sec-GPC: 1 header withdraws: sale/sharing and targeted advertising",
+    )
 
     @model_validator(mode="after")
     def _refuse_development_key_in_production(self) -> Settings:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 11:19:20.520424
+Create Date: 2026-11-23 11:26:47.895891
 """
 
 from collections.abc import Sequence
@@ -124,7 +124,6 @@ def upgrade() -> None:
         sa.Column("subject_id", sa.String(length=40), nullable=False),
         sa.Column("value_ct", sa.LargeBinary(), nullable=False),
         sa.Column("created_at", profilestore.kit.sqltypes.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("last_seen_at", profilestore.kit.sqltypes.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("blind_index", name=op.f("pk_identifiers")),
     )
     with op.batch_alter_table("identifiers", schema=None) as batch_op:

@@ -18,12 +18,12 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from profilestore.crypto.keyring import MasterKeyring
+from profilestore.crypto.keyring import MasterKeyError, MasterKeyring
 from profilestore.crypto.models import DataKey, KeystoreMeta
 from profilestore.db import Database
 from profilestore.kit.errors import Unavailable
@@ -110,6 +110,7 @@ class Vault:
                     },
                 )
         self._index_key = None
+        self.index_key  # noqa: B018 - proves now, not at the first request, that our master key fits
 
     def _meta(self, session: Session, *, lock: bool = False) -> KeystoreMeta:
         query = select(KeystoreMeta).where(KeystoreMeta.id == 1)
@@ -128,7 +129,13 @@ class Vault:
         if self._index_key is None:
             with self.keystore.transaction(write=False) as session:
                 meta = self._meta(session)
-                root = self.keyring.unwrap(meta.index_root_master_key_id, INDEX_ROOT_PURPOSE, meta.index_root_wrapped)
+            if not self.keyring.knows(meta.index_root_master_key_id):
+                raise MasterKeyError(
+                    "the configured master key is not the one that protects this key store "
+                    f"(it expects master key {meta.index_root_master_key_id}, this process holds "
+                    f"{self.keyring.current_id})"
+                )
+            root = self.keyring.unwrap(meta.index_root_master_key_id, INDEX_ROOT_PURPOSE, meta.index_root_wrapped)
             self._index_key = HKDF(
                 algorithm=hashes.SHA256(), length=32, salt=None, info=b"profilestore blind index v1"
             ).derive(root)
@@ -162,40 +169,74 @@ class Vault:
             raise Unavailable("the key store names a master key this process does not hold; restart it")
         return self.keyring.wrap(master, key_id.encode(), raw)
 
-    def ciphers(self, subject_ids: Iterable[str]) -> dict[str, SubjectCipher]:
-        """Ciphers for the given subjects (one key-store query); subjects without keys are absent."""
-        wanted = sorted(set(subject_ids))
-        if not wanted:
-            return {}
-        with self.keystore.transaction(write=False) as session:
-            rows = session.scalars(select(DataKey).where(DataKey.subject_id.in_(wanted))).all()
-        keys: dict[str, dict[str, bytes]] = {}
+    def cipher(self, subject_id: str, lineage: Iterable[str] = ()) -> SubjectCipher:
+        """The cipher of a subject: its own primary key for new values, plus the keys of every
+        subject merged into it (``lineage``), whose ciphertexts it has inherited."""
+        return self.ciphers({subject_id: lineage})[subject_id]
+
+    def ciphers(self, lineages: dict[str, Iterable[str]]) -> dict[str, SubjectCipher]:
+        """Ciphers of several subjects in one key-store query."""
+        owner = {sid: sid for sid in lineages}
+        for sid, lineage in lineages.items():
+            owner.update({member: sid for member in lineage})
+        keys: dict[str, dict[str, bytes]] = {sid: {} for sid in lineages}
         primary: dict[str, str] = {}
+        with self.keystore.transaction(write=False) as session:
+            rows = session.scalars(select(DataKey).where(DataKey.subject_id.in_(sorted(owner)))).all()
         for row in rows:
-            raw = self.keyring.unwrap(row.master_key_id, row.key_id.encode(), row.wrapped_key)
-            keys.setdefault(row.subject_id, {})[row.key_id] = raw
-            if row.is_primary:
-                primary[row.subject_id] = row.key_id
-        return {sid: SubjectCipher(sid, primary[sid], keys[sid]) for sid in keys if sid in primary}
+            sid = owner[row.subject_id]
+            keys[sid][row.key_id] = self.keyring.unwrap(row.master_key_id, row.key_id.encode(), row.wrapped_key)
+            if row.is_primary and row.subject_id == sid:
+                primary[sid] = row.key_id
+        missing = sorted(set(lineages) - set(primary))
+        if missing:
+            raise DecryptionError("a subject has no data key (erased, or its key was never created)")
+        return {sid: SubjectCipher(sid, primary[sid], keys[sid]) for sid in lineages}
 
-    def cipher(self, subject_id: str) -> SubjectCipher:
-        found = self.ciphers([subject_id]).get(subject_id)
-        if found is None:
-            raise DecryptionError("no data key for this subject")
-        return found
-
-    def transfer_keys(self, from_subject: str, to_subject: str) -> None:
-        """On a merge the survivor inherits the merged subject's keys (as secondary keys), so
-        ledger evidence that stays under the old subject id remains readable — and shreddable."""
+    def shred(self, subject_ids: Iterable[str]) -> int:
+        """Delete every data key of the subjects: all their ciphertexts become unreadable."""
         with self.keystore.transaction() as session:
-            session.execute(
-                update(DataKey)
-                .where(DataKey.subject_id == from_subject)
-                .values(subject_id=to_subject, is_primary=False)
-            )
-
-    def shred(self, subject_id: str) -> int:
-        """Delete every data key of the subject: all its ciphertexts become unreadable."""
-        with self.keystore.transaction() as session:
-            result = session.execute(delete(DataKey).where(DataKey.subject_id == subject_id))
+            result = session.execute(delete(DataKey).where(DataKey.subject_id.in_(sorted(set(subject_ids)))))
             return int(getattr(result, "rowcount", 0) or 0)
+
+
+@dataclass
+class RotationReport:
+    master_key_id: str
+    rewrapped: int
+
+
+def rotate(vault: Vault, new_master_id: str, *, batch: int = 500) -> RotationReport:
+    """Re-wrap every data key (and the blind-index root) under ``new_master_id``; data rows are not
+    touched. Safe beside running services:
+
+    1. the key-store metadata names the new master first, so every key created from then on is
+       wrapped by it (services read that row, under a share lock, in the transaction that inserts
+       a key — they cannot slip a key in under the old master unseen);
+    2. then keys still under any other master are re-wrapped in batches, each its own transaction.
+
+    Services keep unwrapping with whichever master a key names, so reads work throughout.
+    """
+    keyring = vault.keyring
+    if not keyring.knows(new_master_id):
+        raise MasterKeyError(f"master key {new_master_id} is not loaded")
+    with vault.keystore.transaction() as session:
+        meta = session.scalars(select(KeystoreMeta).where(KeystoreMeta.id == 1).with_for_update()).one()
+        root = keyring.unwrap(meta.index_root_master_key_id, INDEX_ROOT_PURPOSE, meta.index_root_wrapped)
+        meta.index_root_wrapped = keyring.wrap(new_master_id, INDEX_ROOT_PURPOSE, root)
+        meta.index_root_master_key_id = new_master_id
+        meta.current_master_key_id = new_master_id
+        meta.updated_at = utcnow()
+    count = 0
+    while True:
+        with vault.keystore.transaction() as session:
+            rows = session.scalars(
+                select(DataKey).where(DataKey.master_key_id != new_master_id).limit(batch).with_for_update()
+            ).all()
+            for row in rows:
+                raw = keyring.unwrap(row.master_key_id, row.key_id.encode(), row.wrapped_key)
+                row.wrapped_key = keyring.wrap(new_master_id, row.key_id.encode(), raw)
+                row.master_key_id = new_master_id
+            count += len(rows)
+        if not rows:
+            return RotationReport(new_master_id, count)

@@ -32,7 +32,6 @@ class Identifier(Base):
     subject_id: Mapped[str] = mapped_column(String(40), index=True)
     value_ct: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime]
-    last_seen_at: Mapped[datetime]
 
 
 class SubjectMerge(Base):

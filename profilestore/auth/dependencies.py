@@ -1,0 +1,50 @@
+"""Who may call a route is part of its signature: ``caller: Collector``. The guard objects carry
+their roles, so the authorisation matrix can be read off the routes (see the role-matrix test)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from profilestore.auth.schemas import Role
+from profilestore.auth.service import Caller, authenticate
+from profilestore.deps import get_runtime
+from profilestore.kit.errors import Forbidden, Unauthenticated
+
+_bearer = HTTPBearer(auto_error=False, description="Client key: `Authorization: Bearer psk_…`")
+
+
+def caller_from_key(request: Request, key: str | None) -> Caller:
+    if not key:
+        raise Unauthenticated("missing credentials: send Authorization: Bearer <client key>")
+    with get_runtime(request).db.read_session() as session:
+        caller = authenticate(session, key)
+    if caller is None:
+        raise Unauthenticated("invalid or revoked client key")
+    request.state.client_id = caller.client_id
+    return caller
+
+
+class RoleGuard:
+    """A dependency admitting clients whose role is one of ``roles``."""
+
+    def __init__(self, *roles: Role) -> None:
+        self.roles = frozenset(roles)
+
+    def __call__(
+        self, request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> Caller:
+        caller = caller_from_key(request, credentials.credentials if credentials else None)
+        if caller.role not in self.roles:
+            allowed = ", ".join(sorted(r.value for r in self.roles))
+            raise Forbidden(f"this endpoint is for {allowed} clients")
+        return caller
+
+
+Collector = Annotated[Caller, Depends(RoleGuard(Role.collector))]
+Reader = Annotated[Caller, Depends(RoleGuard(Role.reader))]
+Privacy = Annotated[Caller, Depends(RoleGuard(Role.privacy, Role.admin))]
+Admin = Annotated[Caller, Depends(RoleGuard(Role.admin))]
+AnyClient = Annotated[Caller, Depends(RoleGuard(*Role))]

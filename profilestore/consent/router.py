@@ -1,0 +1,84 @@
+"""Consent API: record decisions, read a subject's state and history, verify the ledger."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response
+
+from profilestore.audit import service as audit
+from profilestore.auth.dependencies import Collector, Privacy
+from profilestore.consent import service
+from profilestore.consent.schemas import ConsentIn, ConsentReceipt, ConsentsOut, LedgerVerification
+from profilestore.deps import ReadSession, SettingsDep, VaultDep, WriteSession
+from profilestore.identity import service as identity
+from profilestore.kit import idempotency
+from profilestore.kit.errors import NotFound
+from profilestore.kit.time import utcnow
+
+router = APIRouter(tags=["consent"])
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
+GlobalPrivacyControl = Annotated[str | None, Header(alias="Sec-GPC", max_length=8)]
+
+
+@router.post("/v1/consents", status_code=201)
+def post_consents(
+    body: ConsentIn,
+    response: Response,
+    session: WriteSession,
+    vault: VaultDep,
+    settings: SettingsDep,
+    caller: Collector,
+    idempotency_key: IdempotencyKey = None,
+    sec_gpc: GlobalPrivacyControl = None,
+) -> ConsentReceipt:
+    """Record consent decisions and return a receipt. With ``Idempotency-Key``, a retry returns the
+    first receipt and writes nothing. ``Sec-GPC: 1`` also records withdrawals of sale/sharing and
+    targeted advertising, with source ``gpc``."""
+    gpc = (sec_gpc or "").strip() == "1"
+    fingerprint = idempotency.request_fingerprint({"body": body.model_dump(mode="json"), "gpc": gpc})
+    replayed = idempotency.replay(session, caller.client_id, idempotency_key, fingerprint)
+    if replayed is not None:
+        response.headers["Idempotent-Replayed"] = "true"
+        return ConsentReceipt.model_validate(replayed)
+
+    prepared = service.prepare(session, settings, body, gpc=gpc, now=utcnow())
+    subject = identity.resolve(
+        session, vault, settings, body.identifiers.present(), client_id=caller.client_id, create=True
+    )
+    assert subject is not None
+    receipt = service.record(
+        session, subject.cipher(vault), prepared, lineage=subject.lineage, client_id=caller.client_id
+    )
+    audit.log(
+        session,
+        client_id=caller.client_id,
+        action="consent.record",
+        subject_id=subject.subject_id,
+        detail={"receipt_id": receipt.receipt_id, "records": len(receipt.records), "merged": list(subject.merged)},
+    )
+    idempotency.remember(session, caller.client_id, idempotency_key, fingerprint, 201, receipt.model_dump(mode="json"))
+    return receipt
+
+
+@router.get("/v1/subjects/{subject_id}/consents")
+def get_consents(subject_id: str, session: WriteSession, vault: VaultDep, caller: Privacy) -> ConsentsOut:
+    """Current state per purpose and the full ledger history (evidence decrypted) of a subject."""
+    live = identity.current(session, subject_id)
+    if live is None:
+        raise NotFound("no such subject", field="subject_id")
+    lineage = identity.lineage(session, live)
+    audit.log(session, client_id=caller.client_id, action="consent.read", subject_id=live)
+    return ConsentsOut(
+        subject_id=live,
+        state=service.state(session, live),
+        history=service.history(session, vault.cipher(live, lineage), lineage),
+    )
+
+
+@router.get("/v1/ledger/verify")
+def verify_ledger(session: ReadSession, _: Privacy) -> LedgerVerification:
+    """Walk the consent ledger's hash chain; ``first_bad`` names the first broken link."""
+    result = service.verify(session)
+    return LedgerVerification(ok=result.ok, records=result.records, first_bad=result.first_bad)

@@ -1,0 +1,311 @@
+"""The consent ledger: append-only records chained by hash, the current state derived from them,
+and the question every other domain asks — which purposes are in force for this subject now?
+
+Records never move or change. A subject's history is the records of its whole lineage (itself and
+the subjects merged into it); its state is derived per purpose from that history, so late records
+and merges resolve by ``collected_at`` alone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from profilestore.config import Settings
+from profilestore.consent.models import ConsentRecord, ConsentState
+from profilestore.consent.rules import GRANTED, Decision, Effective, State, derive, effective
+from profilestore.consent.schemas import (
+    ConsentIn,
+    ConsentReceipt,
+    ConsentStatus,
+    Evidence,
+    HistoryRecord,
+    NoticeRef,
+    RecordOut,
+    StateOut,
+)
+from profilestore.crypto.service import SubjectCipher
+from profilestore.kit.chain import ChainWriter, Verification, verify_chain
+from profilestore.kit.errors import InvalidInput
+from profilestore.kit.ids import new_id
+from profilestore.kit.time import utcnow
+from profilestore.purposes import service as purposes
+from profilestore.purposes.service import PurposeRule
+
+CHAIN = "consent"
+TABLE = "consent_records"
+GPC_SOURCE = "gpc"
+
+
+@dataclass(frozen=True)
+class PreparedConsent:
+    """A consent submission that passed every check; recording it cannot fail on its content."""
+
+    body: ConsentIn
+    rules: dict[str, PurposeRule]
+    gpc_purposes: tuple[str, ...]
+
+
+def prepare(session: Session, settings: Settings, body: ConsentIn, *, gpc: bool, now: datetime) -> PreparedConsent:
+    """Check a submission against purposes, the notice and the clock, before anything is written."""
+    keys = [item.purpose for item in body.consents]
+    purposes.require_purposes(session, keys, field="consents.{index}.purpose")
+    seen: set[str] = set()
+    for index, key in enumerate(keys):
+        if key in seen:
+            raise InvalidInput(f"purpose '{key}' is listed twice", field=f"consents.{index}.purpose")
+        seen.add(key)
+    named = purposes.notice_covering(session, body.notice.key, body.notice.version)
+    for index, key in enumerate(keys):
+        if not purposes.notice_covers(named, key):
+            raise InvalidInput(
+                f"notice '{body.notice.key}' version {body.notice.version} does not cover purpose '{key}'",
+                field=f"consents.{index}.purpose",
+            )
+    if body.collected_at > now + timedelta(seconds=settings.clock_skew_seconds):
+        raise InvalidInput("collected_at is in the future", field="collected_at")
+    gpc_purposes: tuple[str, ...] = ()
+    if gpc:
+        gpc_purposes = tuple(sorted(purposes.rules(session, settings.gpc_purposes)))
+    return PreparedConsent(body, purposes.rules(session, [*keys, *gpc_purposes]), gpc_purposes)
+
+
+def _truncate_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> str | None:
+    if ip is None:
+        return None
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
+
+
+def _evidence_bytes(evidence: Evidence | None) -> bytes | None:
+    if evidence is None:
+        return None
+    payload = {"user_agent": evidence.user_agent, "ip": _truncate_ip(evidence.ip), "locale": evidence.locale}
+    return json.dumps(payload, sort_keys=True).encode()
+
+
+def _content(record: ConsentRecord) -> dict[str, object]:
+    """What a record's hash covers: everything but the chain fields themselves."""
+    return {
+        "record_id": record.record_id,
+        "subject_id": record.subject_id,
+        "receipt_id": record.receipt_id,
+        "purpose": record.purpose,
+        "status": record.status,
+        "notice_key": record.notice_key,
+        "notice_version": record.notice_version,
+        "source": record.source,
+        "collected_at": record.collected_at,
+        "recorded_at": record.recorded_at,
+        "expires_at": record.expires_at,
+        "client_id": record.client_id,
+        "evidence_ct": record.evidence_ct,
+    }
+
+
+def record(
+    session: Session,
+    cipher: SubjectCipher,
+    prepared: PreparedConsent,
+    *,
+    lineage: Sequence[str],
+    client_id: str,
+) -> ConsentReceipt:
+    """Append the submission's decisions (and any GPC withdrawals) to the ledger; update state."""
+    body = prepared.body
+    subject_id = cipher.subject_id
+    now = utcnow()
+    receipt_id = new_id("rcpt")
+    decisions: list[tuple[str, str, str]] = [(c.purpose, c.status.value, body.source) for c in body.consents]
+    current = _states(session, subject_id)
+    for key in prepared.gpc_purposes:
+        state = current.get(key)
+        already_out = state is not None and state.status != GRANTED and not _granted_now(decisions, key)
+        if not already_out:
+            decisions.append((key, ConsentStatus.withdrawn.value, GPC_SOURCE))
+
+    evidence = _evidence_bytes(body.evidence)
+    chain = ChainWriter(session, CHAIN)
+    written: list[ConsentRecord] = []
+    for purpose, status, source in decisions:
+        rule = prepared.rules[purpose]
+        record_id = new_id("rec")
+        row = ConsentRecord(
+            subject_id=subject_id,
+            record_id=record_id,
+            receipt_id=receipt_id,
+            purpose=purpose,
+            status=status,
+            notice_key=body.notice.key,
+            notice_version=body.notice.version,
+            source=source,
+            collected_at=body.collected_at,
+            recorded_at=now,
+            expires_at=body.collected_at + timedelta(days=rule.consent_valid_days) if status == GRANTED else None,
+            client_id=client_id,
+            evidence_ct=cipher.encrypt(TABLE, "evidence", record_id, evidence) if evidence else None,
+        )
+        link = chain.append(_content(row))
+        row.seq, row.prev_hash, row.hash = link.seq, link.prev_hash, link.hash
+        session.add(row)
+        written.append(row)
+    session.flush()
+    for purpose in {p for p, _, _ in decisions}:
+        _recompute(session, subject_id, lineage, purpose)
+    return ConsentReceipt(
+        receipt_id=receipt_id,
+        subject_id=subject_id,
+        recorded_at=now,
+        records=[
+            RecordOut(
+                record_id=r.record_id,
+                purpose=r.purpose,
+                status=ConsentStatus(r.status),
+                collected_at=r.collected_at,
+                expires_at=r.expires_at,
+                source=r.source,
+                hash=r.hash,
+            )
+            for r in written
+        ],
+    )
+
+
+def _granted_now(decisions: list[tuple[str, str, str]], purpose: str) -> bool:
+    return any(p == purpose and s == GRANTED for p, s, _ in decisions)
+
+
+def _recompute(session: Session, subject_id: str, lineage: Sequence[str], purpose: str) -> None:
+    rows = session.execute(
+        select(
+            ConsentRecord.record_id,
+            ConsentRecord.seq,
+            ConsentRecord.status,
+            ConsentRecord.collected_at,
+            ConsentRecord.expires_at,
+        ).where(ConsentRecord.subject_id.in_(list(lineage)), ConsentRecord.purpose == purpose)
+    )
+    state = derive([Decision(*row) for row in rows])
+    existing = session.get(ConsentState, (subject_id, purpose))
+    if state is None:
+        if existing is not None:
+            session.delete(existing)
+        return
+    if existing is None:
+        existing = ConsentState(subject_id=subject_id, purpose=purpose)
+        session.add(existing)
+    existing.status = state.status
+    existing.record_id = state.record_id
+    existing.collected_at = state.collected_at
+    existing.expires_at = state.expires_at
+    existing.grant_started_at = state.grant_started_at
+    existing.updated_at = utcnow()
+    session.flush()
+
+
+def absorb(session: Session, survivor: str, lineage: Sequence[str], loser: str) -> None:
+    """After a merge: the survivor's state is re-derived from the whole lineage's records, so for
+    each purpose the decision collected last wins, whichever subject it was recorded under."""
+    affected = set(session.scalars(select(ConsentState.purpose).where(ConsentState.subject_id.in_([survivor, loser]))))
+    session.execute(delete(ConsentState).where(ConsentState.subject_id == loser))
+    for purpose in affected:
+        _recompute(session, survivor, lineage, purpose)
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def _states(session: Session, subject_id: str) -> dict[str, State]:
+    rows = session.scalars(select(ConsentState).where(ConsentState.subject_id == subject_id))
+    return {r.purpose: State(r.status, r.record_id, r.collected_at, r.expires_at, r.grant_started_at) for r in rows}
+
+
+def effective_status(session: Session, subject_id: str, purpose: PurposeRule, now: datetime | None = None) -> Effective:
+    """Whether ``purpose`` may be used for the subject now (hierarchy, expiry, legal basis)."""
+    return effective(purpose.key, purpose.needs_consent, _states(session, subject_id), now or utcnow())
+
+
+def in_force(session: Session, subject_id: str, now: datetime | None = None) -> dict[str, Effective]:
+    """Every purpose in force for the subject now, with the grant that allows it."""
+    now = now or utcnow()
+    states = _states(session, subject_id)
+    result = {}
+    for key, rule in purposes.rules(session).items():
+        verdict = effective(key, rule.needs_consent, states, now)
+        if verdict.in_force:
+            result[key] = verdict
+    return result
+
+
+def collectable_categories(session: Session, subject_id: str, now: datetime | None = None) -> set[str]:
+    """The data categories that may be collected for the subject now: the union of the policies of
+    every purpose in force (granted and unexpired, or not resting on consent)."""
+    rules = purposes.rules(session, in_force(session, subject_id, now))
+    return {category for rule in rules.values() for category in rule.categories}
+
+
+def state(session: Session, subject_id: str, now: datetime | None = None) -> list[StateOut]:
+    now = now or utcnow()
+    return [
+        StateOut(
+            purpose=purpose,
+            status="expired" if s.status == GRANTED and not s.granted_at(now) else s.status,
+            since=s.collected_at,
+            expires_at=s.expires_at,
+            grant_started_at=s.grant_started_at,
+            record_id=s.record_id,
+        )
+        for purpose, s in sorted(_states(session, subject_id).items())
+    ]
+
+
+def history(session: Session, cipher: SubjectCipher | None, lineage: Sequence[str]) -> list[HistoryRecord]:
+    """Every record of the lineage in ledger order, evidence decrypted when the keys still exist."""
+    rows = session.scalars(
+        select(ConsentRecord).where(ConsentRecord.subject_id.in_(list(lineage))).order_by(ConsentRecord.seq)
+    )
+    result = []
+    for r in rows:
+        evidence = None
+        if r.evidence_ct is not None and cipher is not None:
+            raw = cipher.as_subject(r.subject_id).decrypt(TABLE, "evidence", r.record_id, r.evidence_ct)
+            evidence = json.loads(raw)
+        result.append(
+            HistoryRecord(
+                seq=r.seq,
+                record_id=r.record_id,
+                receipt_id=r.receipt_id,
+                subject_id=r.subject_id,
+                purpose=r.purpose,
+                status=ConsentStatus(r.status),
+                notice=NoticeRef(key=r.notice_key, version=r.notice_version)
+                if r.notice_key and r.notice_version
+                else None,
+                source=r.source,
+                collected_at=r.collected_at,
+                recorded_at=r.recorded_at,
+                expires_at=r.expires_at,
+                client_id=r.client_id,
+                evidence=evidence,
+                prev_hash=r.prev_hash,
+                hash=r.hash,
+            )
+        )
+    return result
+
+
+def _chain_entries(session: Session) -> Iterator[tuple[str, int, str, str, dict[str, object]]]:
+    rows = session.scalars(select(ConsentRecord).order_by(ConsentRecord.seq).execution_options(yield_per=1000))
+    for r in rows:
+        yield r.record_id, r.seq, r.prev_hash, r.hash, _content(r)
+
+
+def verify(session: Session) -> Verification:
+    """Walk the whole ledger; name the first record whose link is broken."""
+    return verify_chain(session, CHAIN, _chain_entries(session))

@@ -1,0 +1,178 @@
+"""Identity: identifiers → one subject, created on first sight, merged when one request shows
+that two subjects are one person.
+
+A merge folds the younger subject into the older: identifiers, preferences and (through its
+service) consent state move to the survivor, re-encrypted under the survivor's key; ledger
+records never move (the chain covers them), so the survivor keeps the merged subject's keys
+through its *lineage* (itself and every subject merged into it). Erasing the survivor shreds
+the keys of its whole lineage.
+
+Identity sits above the domains that keep per-subject rows: it calls their ``absorb`` steps
+during a merge, and they never import identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from profilestore.config import Settings
+from profilestore.consent import service as consent
+from profilestore.crypto.service import SubjectCipher, Vault
+from profilestore.identity.models import Identifier, Subject, SubjectMerge
+from profilestore.identity.normalise import normalise
+from profilestore.kit.errors import Conflict
+from profilestore.kit.ids import new_id
+from profilestore.kit.time import utcnow
+from profilestore.preferences import service as preferences
+
+TABLE = "identifiers"
+
+
+@dataclass
+class Resolution:
+    subject_id: str
+    lineage: tuple[str, ...]
+    created: bool = False
+    merged: tuple[str, ...] = ()
+    _cipher: SubjectCipher | None = field(default=None, repr=False)
+
+    def cipher(self, vault: Vault) -> SubjectCipher:
+        if self._cipher is None:
+            self._cipher = vault.cipher(self.subject_id, self.lineage)
+        return self._cipher
+
+
+def _indexes(vault: Vault, settings: Settings, identifiers: dict[str, str]) -> dict[str, tuple[str, bytes]]:
+    """kind → (normalised value, blind index)."""
+    result = {}
+    for kind, value in identifiers.items():
+        normalised = normalise(kind, value, default_region=settings.default_phone_region)
+        result[kind] = (normalised, vault.blind_index(kind, normalised))
+    return result
+
+
+def _owners(session: Session, indexes: list[bytes]) -> dict[bytes, str]:
+    rows = session.execute(
+        select(Identifier.blind_index, Identifier.subject_id).where(Identifier.blind_index.in_(indexes))
+    )
+    return {bytes(index): subject for index, subject in rows}
+
+
+def lineage(session: Session, subject_id: str) -> tuple[str, ...]:
+    merged = session.scalars(select(SubjectMerge.subject_id).where(SubjectMerge.merged_into == subject_id))
+    return (subject_id, *sorted(merged))
+
+
+def current(session: Session, subject_id: str) -> str | None:
+    """The live subject for an id: itself, or the survivor it was merged into; None if unknown."""
+    subject = session.get(Subject, subject_id)
+    if subject is None:
+        return None
+    return subject.merged_into or subject.id
+
+
+def find(session: Session, vault: Vault, settings: Settings, identifiers: dict[str, str]) -> str | None:
+    """The subject these identifiers name, without creating or merging anything."""
+    owners = set(_owners(session, [ix for _, ix in _indexes(vault, settings, identifiers).values()]).values())
+    if len(owners) > 1:
+        raise Conflict("these identifiers belong to different subjects; look them up one at a time")
+    return owners.pop() if owners else None
+
+
+def resolve(
+    session: Session,
+    vault: Vault,
+    settings: Settings,
+    identifiers: dict[str, str],
+    *,
+    client_id: str | None,
+    create: bool = True,
+) -> Resolution | None:
+    """The subject of ``identifiers``: found, created (when ``create``), or the survivor of a merge.
+
+    Identifiers not yet known are attached to the subject. Returns None only when nothing matched
+    and ``create`` is false.
+    """
+    indexes = _indexes(vault, settings, identifiers)
+    wanted = [ix for _, ix in indexes.values()]
+    owners = _owners(session, wanted)
+    subjects = set(owners.values())
+    created = False
+    if not subjects:
+        if not create:
+            return None
+        survivor = _create_subject(session, vault)
+        created = True
+    else:
+        survivor = _oldest(session, subjects)
+    merged = tuple(sorted(subjects - {survivor}))
+    for loser in merged:
+        _merge(session, vault, survivor, loser, client_id)
+
+    resolution = Resolution(survivor, lineage(session, survivor), created=created, merged=merged)
+    missing = {kind: v for kind, v in indexes.items() if v[1] not in owners}
+    if missing:
+        _attach(session, resolution.cipher(vault), survivor, missing)
+        # Another transaction may have claimed one of them meanwhile (PostgreSQL): merge with it.
+        late = set(_owners(session, [ix for _, ix in missing.values()]).values()) - {survivor}
+        if late:
+            return resolve(session, vault, settings, identifiers, client_id=client_id, create=create)
+    return resolution
+
+
+def _create_subject(session: Session, vault: Vault) -> str:
+    now = utcnow()
+    subject_id = new_id("sub")
+    session.add(Subject(id=subject_id, status="active", merged_into=None, created_at=now, updated_at=now))
+    session.flush()
+    vault.create_subject_key(subject_id)
+    return subject_id
+
+
+def _oldest(session: Session, subject_ids: set[str]) -> str:
+    rows = session.execute(select(Subject.id, Subject.created_at).where(Subject.id.in_(subject_ids)))
+    return min(rows, key=lambda row: (row.created_at, row.id)).id
+
+
+def _attach(session: Session, cipher: SubjectCipher, subject_id: str, missing: dict[str, tuple[str, bytes]]) -> None:
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    now = utcnow()
+    rows = [
+        {
+            "blind_index": index,
+            "kind": kind,
+            "subject_id": subject_id,
+            "value_ct": cipher.encrypt(TABLE, "value", index.hex(), value.encode()),
+            "created_at": now,
+        }
+        for kind, (value, index) in missing.items()
+    ]
+    session.execute(insert(Identifier).values(rows).on_conflict_do_nothing())
+
+
+def _merge(session: Session, vault: Vault, survivor: str, loser: str, client_id: str | None) -> None:
+    now = utcnow()
+    source = vault.cipher(loser, lineage(session, loser))
+    target = vault.cipher(survivor, lineage(session, survivor))
+
+    for row in session.scalars(select(Identifier).where(Identifier.subject_id == loser)):
+        key = bytes(row.blind_index).hex()
+        row.value_ct = target.encrypt(TABLE, "value", key, source.decrypt(TABLE, "value", key, row.value_ct))
+        row.subject_id = survivor
+    preferences.absorb(session, source, target)
+
+    # Flatten: everything once merged into the loser now belongs to the survivor.
+    session.execute(update(SubjectMerge).where(SubjectMerge.merged_into == loser).values(merged_into=survivor))
+    session.execute(update(Subject).where(Subject.merged_into == loser).values(merged_into=survivor, updated_at=now))
+    session.add(SubjectMerge(subject_id=loser, merged_into=survivor, merged_at=now, client_id=client_id))
+    loser_row = session.get(Subject, loser)
+    assert loser_row is not None
+    loser_row.status, loser_row.merged_into, loser_row.updated_at = "merged", survivor, now
+    session.flush()
+    consent.absorb(session, survivor, lineage(session, survivor), loser)

@@ -1,0 +1,31 @@
+"""Declared preferences API."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from profilestore.auth.dependencies import Collector
+from profilestore.consent import service as consent
+from profilestore.deps import SettingsDep, VaultDep, WriteSession
+from profilestore.identity import service as identity
+from profilestore.kit.time import utcnow
+from profilestore.preferences import service
+from profilestore.preferences.schemas import PreferencesIn, PreferencesStored
+
+router = APIRouter(tags=["preferences"])
+
+
+@router.post("/v1/preferences", status_code=201)
+def post_preferences(
+    body: PreferencesIn, session: WriteSession, vault: VaultDep, settings: SettingsDep, caller: Collector
+) -> PreferencesStored:
+    """Store declared preferences whose category a purpose in force may use; count the rest as
+    dropped. Unknown people are not created: without consent there is nothing to store."""
+    prepared = service.prepare(session, settings, body, now=utcnow())
+    subject = identity.resolve(
+        session, vault, settings, body.identifiers.present(), client_id=caller.client_id, create=False
+    )
+    if subject is None:
+        return service.store(session, None, prepared, (), client_id=caller.client_id)
+    allowed = consent.collectable_categories(session, subject.subject_id)
+    return service.store(session, subject.cipher(vault), prepared, allowed, client_id=caller.client_id)

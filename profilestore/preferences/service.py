@@ -1,0 +1,163 @@
+"""Declared preferences: what people tell us. Stored only when a purpose in force may use the
+preference's category (its policy covers it); versioned, values encrypted with the subject key."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from profilestore.config import Settings
+from profilestore.crypto.service import SubjectCipher
+from profilestore.kit.errors import InvalidInput
+from profilestore.kit.ids import new_id
+from profilestore.kit.time import utcnow
+from profilestore.preferences.models import Preference
+from profilestore.preferences.schemas import PreferenceItem, PreferenceOut, PreferencesIn, PreferencesStored
+from profilestore.purposes import service as purposes
+from profilestore.purposes.rules import covers
+
+TABLE = "preferences"
+
+
+@dataclass(frozen=True)
+class PreparedPreferences:
+    body: PreferencesIn
+
+
+def prepare(session: Session, settings: Settings, body: PreferencesIn, *, now: datetime) -> PreparedPreferences:
+    """Check categories, duplicates and the clock before anything is written."""
+    seen: set[str] = set()
+    for index, item in enumerate(body.preferences):
+        if item.key in seen:
+            raise InvalidInput(f"preference '{item.key}' is listed twice", field=f"preferences.{index}.key")
+        seen.add(item.key)
+        purposes.require_categories(session, [item.category], field=f"preferences.{index}.category")
+    if body.declared_at > now + timedelta(seconds=settings.clock_skew_seconds):
+        raise InvalidInput("declared_at is in the future", field="declared_at")
+    return PreparedPreferences(body)
+
+
+def store(
+    session: Session,
+    cipher: SubjectCipher | None,
+    prepared: PreparedPreferences,
+    allowed_categories: Iterable[str],
+    *,
+    client_id: str,
+) -> PreferencesStored:
+    """Store the preferences whose category ``allowed_categories`` covers; count the rest.
+
+    ``allowed_categories`` is the union of the policies of the purposes in force for the subject;
+    ``cipher`` is None when there is no subject (then nothing can be stored).
+    """
+    body = prepared.body
+    allowed = list(allowed_categories)
+    stored, dropped = 0, []
+    for item in body.preferences:
+        if cipher is None or not covers(allowed, item.category):
+            dropped.append(item.key)
+            continue
+        _add_version(session, cipher, item, body.source, body.declared_at, client_id)
+        stored += 1
+    session.flush()
+    return PreferencesStored(
+        subject_id=cipher.subject_id if cipher else None, stored=stored, dropped=len(dropped), dropped_keys=dropped
+    )
+
+
+def _current(session: Session, subject_id: str, key: str) -> Preference | None:
+    return session.scalars(
+        select(Preference).where(
+            Preference.subject_id == subject_id, Preference.key == key, Preference.superseded_at.is_(None)
+        )
+    ).one_or_none()
+
+
+def _add_version(
+    session: Session, cipher: SubjectCipher, item: PreferenceItem, source: str, declared_at: datetime, client_id: str
+) -> None:
+    """A later declaration supersedes the current one; a late-arriving older one joins the history."""
+    current = _current(session, cipher.subject_id, item.key)
+    superseded_at = None
+    if current is not None:
+        if current.declared_at <= declared_at:
+            current.superseded_at = declared_at
+            session.flush()
+        else:
+            superseded_at = current.declared_at
+    preference_id = new_id("pref")
+    session.add(
+        Preference(
+            subject_id=cipher.subject_id,
+            preference_id=preference_id,
+            key=item.key,
+            category=item.category,
+            value_ct=cipher.encrypt(TABLE, "value", preference_id, json.dumps(item.value).encode()),
+            source=source,
+            declared_at=declared_at,
+            recorded_at=utcnow(),
+            superseded_at=superseded_at,
+            client_id=client_id,
+        )
+    )
+
+
+def current(session: Session, cipher: SubjectCipher) -> list[PreferenceOut]:
+    """The subject's current preferences, decrypted."""
+    rows = session.scalars(
+        select(Preference)
+        .where(Preference.subject_id == cipher.subject_id, Preference.superseded_at.is_(None))
+        .order_by(Preference.key)
+    )
+    return [
+        PreferenceOut(
+            key=r.key,
+            value=json.loads(cipher.decrypt(TABLE, "value", r.preference_id, r.value_ct)),
+            category=r.category,
+            source=r.source,
+            declared_at=r.declared_at,
+        )
+        for r in rows
+    ]
+
+
+def absorb(session: Session, source: SubjectCipher, target: SubjectCipher) -> None:
+    """Merge: move the merged subject's preferences to the survivor, re-encrypted under its key;
+    per key, the declaration made last stays current."""
+    moving = session.scalars(select(Preference).where(Preference.subject_id == source.subject_id)).all()
+    for row in moving:
+        value = source.decrypt(TABLE, "value", row.preference_id, row.value_ct)
+        session.delete(row)
+        session.flush()
+        session.add(
+            Preference(
+                subject_id=target.subject_id,
+                preference_id=row.preference_id,
+                key=row.key,
+                category=row.category,
+                value_ct=target.encrypt(TABLE, "value", row.preference_id, value),
+                source=row.source,
+                declared_at=row.declared_at,
+                recorded_at=row.recorded_at,
+                superseded_at=row.superseded_at,
+                client_id=row.client_id,
+            )
+        )
+    session.flush()
+    currents = session.scalars(
+        select(Preference)
+        .where(Preference.subject_id == target.subject_id, Preference.superseded_at.is_(None))
+        .order_by(Preference.key, Preference.declared_at.desc())
+    ).all()
+    latest: dict[str, Preference] = {}
+    for row in currents:
+        if row.key in latest:
+            row.superseded_at = latest[row.key].declared_at
+        else:
+            latest[row.key] = row
+    session.flush()
