@@ -8,12 +8,18 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from profilestore.app import create_app
+from profilestore.auth import service as clients
+from profilestore.auth.schemas import ClientIn, Role
 from profilestore.config import Settings
 from profilestore.crypto.keyring import encode_master_key, generate_master_key
 from profilestore.runtime import Runtime
@@ -23,17 +29,27 @@ BACKENDS = ["sqlite", *(["postgresql"] if PG_URL else [])]
 
 
 def _pg_url(database: str) -> str:
+    assert PG_URL is not None
     return (
         make_url(PG_URL).set(drivername="postgresql+psycopg", database=database).render_as_string(hide_password=False)
     )
 
 
-def _recreate_pg_database(name: str) -> None:
+def _admin(statements: list[str]) -> None:
+    assert PG_URL is not None
     admin = create_engine(_pg_url(make_url(PG_URL).database or "postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        for statement in statements:
+            conn.execute(text(statement))
     admin.dispose()
+
+
+def _recreate_pg_database(name: str) -> None:
+    _admin([f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'])
+
+
+def _drop_pg_database(name: str) -> None:
+    _admin([f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'])
 
 
 @pytest.fixture(scope="session")
@@ -47,21 +63,25 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def template(backend: str, tmp_path_factory: pytest.TempPathFactory, master_key: str) -> dict[str, str]:
+def template(backend: str, tmp_path_factory: pytest.TempPathFactory, master_key: str) -> Iterator[dict[str, str]]:
     """A migrated database per backend; SQLite tests copy its files, PostgreSQL tests wipe it."""
     folder = tmp_path_factory.mktemp(f"template-{backend}")
     if backend == "sqlite":
         urls = {"db": f"sqlite:///{folder}/profilestore.db", "keystore": f"sqlite:///{folder}/keystore.db"}
     else:
-        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-        _recreate_pg_database(f"ps_test_{worker}")
-        _recreate_pg_database(f"ps_test_{worker}_keys")
-        urls = {"db": _pg_url(f"ps_test_{worker}"), "keystore": _pg_url(f"ps_test_{worker}_keys")}
+        # One pair of databases per pytest process, so parallel runs never share one.
+        name = f"ps_test_{os.getpid()}"
+        _recreate_pg_database(name)
+        _recreate_pg_database(f"{name}_keys")
+        urls = {"db": _pg_url(name), "keystore": _pg_url(f"{name}_keys")}
     settings = Settings(data_dir=folder, database_url=urls["db"], keystore_url=urls["keystore"], master_key=master_key)
     runtime = Runtime.from_settings(settings)
     runtime.migrate()
     runtime.close()
-    return {**urls, "folder": str(folder)}
+    yield {**urls, "folder": str(folder)}
+    if backend == "postgresql":
+        _drop_pg_database(name)
+        _drop_pg_database(f"{name}_keys")
 
 
 def _wipe_pg(url: str, keep: tuple[str, ...]) -> None:
@@ -98,3 +118,82 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
     rt.migrate()  # cheap at head: re-creates the key-store metadata and taxonomy after a wipe
     yield rt
     rt.close()
+
+
+# -- API fixtures ----------------------------------------------------------------------------------
+
+
+READER_PURPOSES = ["personalize.content"]
+NOTICE = {"key": "signup", "version": 1}
+NOTICE_PURPOSES = ["personalize", "marketing", "analytics", "third_party_sharing"]
+
+
+@dataclass
+class Keys:
+    collector: str
+    reader: str
+    privacy: str
+    admin: str
+
+    def header(self, role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {getattr(self, role)}"}
+
+
+@pytest.fixture
+def keys(runtime: Runtime) -> Keys:
+    """One client per role, created through the service (as `profilestore clients create` does)."""
+    made = {}
+    with runtime.db.transaction() as session:
+        for role in Role:
+            spec = ClientIn(
+                name=f"test-{role.value}", role=role, purposes=READER_PURPOSES if role is Role.reader else []
+            )
+            made[role.value] = clients.create_client(session, spec).key
+    return Keys(**made)
+
+
+@pytest.fixture
+def api(runtime: Runtime, keys: Keys) -> Iterator[TestClient]:
+    """The app over real HTTP semantics (ASGI), with the `signup` notice v1 published."""
+    with TestClient(create_app(runtime=runtime)) as client:
+        published = client.post(
+            "/v1/notices",
+            headers=keys.header("admin"),
+            json={**NOTICE, "text": "We personalise what you see.", "purposes": NOTICE_PURPOSES},
+        )
+        assert published.status_code == 201, published.text
+        yield client
+
+
+def consent_body(
+    *,
+    email: str | None = "ada@example.com",
+    purposes: dict[str, str] | None = None,
+    collected_at: str = "2026-01-15T10:00:00Z",
+    **extra: Any,
+) -> dict[str, Any]:
+    """A valid consent post; override any part."""
+    identifiers = extra.pop("identifiers", {"email": email} if email else {"anonymous_id": "anon-1"})
+    body: dict[str, Any] = {
+        "identifiers": identifiers,
+        "consents": [
+            {"purpose": p, "status": s} for p, s in (purposes or {"personalize.content.profiling": "granted"}).items()
+        ],
+        "notice": dict(NOTICE),
+        "source": "signup-form",
+        "collected_at": collected_at,
+        "evidence": {"user_agent": "Mozilla/5.0 (X11)", "ip": "203.0.113.77", "locale": "en-GB"},
+    }
+    body.update(extra)
+    return body
+
+
+def row_counts(runtime: Runtime) -> dict[str, int]:
+    """Rows per table of the data database: to prove that a refused request wrote nothing."""
+    from profilestore.models import Base
+
+    with runtime.db.engine.connect() as conn:
+        return {
+            name: conn.execute(text(f'SELECT COUNT(*) FROM "{name}"')).scalar_one()
+            for name in sorted(Base.metadata.tables)
+        }
