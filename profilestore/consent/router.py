@@ -38,7 +38,7 @@ def post_consents(
     targeted advertising, with source ``gpc``."""
     gpc = (sec_gpc or "").strip() == "1"
     fingerprint = idempotency.request_fingerprint({"body": body.model_dump(mode="json"), "gpc": gpc})
-    replayed = idempotency.replay(session, caller.client_id, idempotency_key, fingerprint)
+    replayed = idempotency.claim(session, caller.client_id, idempotency_key, fingerprint)
     if replayed is not None:
         response.headers["Idempotent-Replayed"] = "true"
         return ConsentReceipt.model_validate(replayed)
@@ -58,7 +58,7 @@ def post_consents(
         subject_id=subject.subject_id,
         detail={"receipt_id": receipt.receipt_id, "records": len(receipt.records), "merged": list(subject.merged)},
     )
-    idempotency.remember(session, caller.client_id, idempotency_key, fingerprint, 201, receipt.model_dump(mode="json"))
+    idempotency.complete(session, caller.client_id, idempotency_key, 201, receipt.model_dump(mode="json"))
     return receipt
 
 

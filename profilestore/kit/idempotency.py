@@ -1,4 +1,9 @@
-"""Idempotency keys: a retried POST with the same key returns the first answer and writes nothing."""
+"""Idempotency keys: a retried POST with the same key returns the first answer and writes nothing.
+
+The key is claimed first, inside the request's transaction. On PostgreSQL a concurrent retry's
+claim waits for the first transaction: if that commits, the retry replays its answer; if it rolls
+back, the retry proceeds as the first attempt. On SQLite writers are serialised anyway.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,9 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Integer, String, select
+from sqlalchemy import JSON, Integer, String, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from profilestore.db import Base
@@ -30,35 +37,42 @@ def request_fingerprint(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def replay(session: Session, client_id: str, key: str | None, fingerprint: str) -> dict[str, Any] | None:
-    """The stored answer for a retry, or None for a first attempt.
+def claim(session: Session, client_id: str, key: str | None, fingerprint: str) -> dict[str, Any] | None:
+    """Claim ``key`` for this request; returns the stored answer when it is a retry, else None.
 
     Reusing a key for a different request is refused: the caller has a bug, and guessing which
     request it meant would be worse.
     """
     if key is None:
         return None
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    claimed = session.execute(
+        insert(IdempotencyKey)
+        .values(
+            client_id=client_id,
+            key=key,
+            request_sha256=fingerprint,
+            status_code=0,
+            response={},
+            created_at=utcnow(),
+        )
+        .on_conflict_do_nothing()
+    )
+    if claimed.rowcount == 1:  # type: ignore[attr-defined]
+        return None
     stored = session.scalars(
         select(IdempotencyKey).where(IdempotencyKey.client_id == client_id, IdempotencyKey.key == key)
-    ).one_or_none()
-    if stored is None:
-        return None
+    ).one()
     if stored.request_sha256 != fingerprint:
         raise InvalidInput("this Idempotency-Key was already used for a different request", field="Idempotency-Key")
     return stored.response
 
 
-def remember(
-    session: Session, client_id: str, key: str | None, fingerprint: str, status_code: int, response: dict[str, Any]
-) -> None:
+def complete(session: Session, client_id: str, key: str | None, status_code: int, response: dict[str, Any]) -> None:
+    """Store the answer of a claimed key, in the same transaction as the work it answers for."""
     if key is not None:
-        session.add(
-            IdempotencyKey(
-                client_id=client_id,
-                key=key,
-                request_sha256=fingerprint,
-                status_code=status_code,
-                response=response,
-                created_at=utcnow(),
-            )
+        session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.client_id == client_id, IdempotencyKey.key == key)
+            .values(status_code=status_code, response=response)
         )
