@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 11:26:47.895891
+Create Date: 2026-11-23 11:33:10.438022
 """
 
 from collections.abc import Sequence
@@ -92,6 +92,7 @@ def upgrade() -> None:
         sa.Column("collected_at", profilestore.kit.sqltypes.UTCDateTime(timezone=True), nullable=False),
         sa.Column("expires_at", profilestore.kit.sqltypes.UTCDateTime(timezone=True), nullable=True),
         sa.Column("grant_started_at", profilestore.kit.sqltypes.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("grant_epoch", profilestore.kit.sqltypes.UTCDateTime(timezone=True), nullable=True),
         sa.Column("updated_at", profilestore.kit.sqltypes.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("subject_id", "purpose", name=op.f("pk_consent_state")),
     )

@@ -36,8 +36,11 @@ class ConsentRecord(Base):
 class ConsentState(Base):
     """Current state per (subject, purpose), derived from the ledger; kept for fast reads.
 
-    ``grant_started_at`` is when the continuous grant now in force began: data collected before it
-    was collected under an earlier grant that has since ended, and may not be used.
+    ``grant_started_at`` is when the continuous grant now in force began (the person's time).
+    ``grant_epoch`` is the server time from which this store has held that grant as in force: data
+    is stamped with the subject's latest grant epoch when collected, so "collected during the grant
+    now in force" is ``stamp >= grant_epoch`` — exact, or stricter after a late record rewrote
+    history, never looser.
     """
 
     __tablename__ = "consent_state"
@@ -49,4 +52,5 @@ class ConsentState(Base):
     collected_at: Mapped[datetime]
     expires_at: Mapped[datetime | None]
     grant_started_at: Mapped[datetime | None]
+    grant_epoch: Mapped[datetime | None]
     updated_at: Mapped[datetime]

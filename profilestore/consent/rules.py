@@ -28,6 +28,7 @@ class State:
     collected_at: datetime
     expires_at: datetime | None
     grant_started_at: datetime | None
+    grant_epoch: datetime | None = None  # see ConsentState: server time the grant was first held
 
     def granted_at(self, now: datetime) -> bool:
         return self.status == GRANTED and (self.expires_at is None or self.expires_at > now)
@@ -69,6 +70,7 @@ class Effective:
     status: str  # granted | denied | withdrawn | expired | none | not_required
     decided_by: str | None
     grant_started_at: datetime | None
+    grant_epoch: datetime | None = None
 
 
 def effective(purpose: str, needs_consent: bool, states: Mapping[str, State], now: datetime) -> Effective:
@@ -79,7 +81,7 @@ def effective(purpose: str, needs_consent: bool, states: Mapping[str, State], no
         if state is None:
             continue
         if state.granted_at(now):
-            return Effective(True, GRANTED, candidate, state.grant_started_at)
+            return Effective(True, GRANTED, candidate, state.grant_started_at, state.grant_epoch)
         status = "expired" if state.status == GRANTED else state.status
         return Effective(False, status, candidate, None)
     return Effective(False, "none", None, None)

@@ -181,7 +181,18 @@ def _granted_now(decisions: list[tuple[str, str, str]], purpose: str) -> bool:
     return any(p == purpose and s == GRANTED for p, s, _ in decisions)
 
 
-def _recompute(session: Session, subject_id: str, lineage: Sequence[str], purpose: str) -> None:
+def _recompute(
+    session: Session,
+    subject_id: str,
+    lineage: Sequence[str],
+    purpose: str,
+    inherited: Sequence[ConsentState] = (),
+) -> None:
+    """Re-derive the state of one purpose from the lineage's records.
+
+    The grant epoch is kept while the grant in force is the same one (same start), taken over from
+    an ``inherited`` state (a merged subject's) that had the same grant, and otherwise set to now.
+    """
     rows = session.execute(
         select(
             ConsentRecord.record_id,
@@ -197,6 +208,14 @@ def _recompute(session: Session, subject_id: str, lineage: Sequence[str], purpos
         if existing is not None:
             session.delete(existing)
         return
+    now = utcnow()
+    epoch = None
+    if state.grant_started_at is not None:
+        epoch = now
+        for previous in (existing, *inherited):
+            if previous is not None and previous.grant_started_at == state.grant_started_at and previous.grant_epoch:
+                epoch = previous.grant_epoch
+                break
     if existing is None:
         existing = ConsentState(subject_id=subject_id, purpose=purpose)
         session.add(existing)
@@ -205,17 +224,26 @@ def _recompute(session: Session, subject_id: str, lineage: Sequence[str], purpos
     existing.collected_at = state.collected_at
     existing.expires_at = state.expires_at
     existing.grant_started_at = state.grant_started_at
-    existing.updated_at = utcnow()
+    existing.grant_epoch = epoch
+    existing.updated_at = now
     session.flush()
 
 
 def absorb(session: Session, survivor: str, lineage: Sequence[str], loser: str) -> None:
     """After a merge: the survivor's state is re-derived from the whole lineage's records, so for
-    each purpose the decision collected last wins, whichever subject it was recorded under."""
-    affected = set(session.scalars(select(ConsentState.purpose).where(ConsentState.subject_id.in_([survivor, loser]))))
+    each purpose the decision collected last wins, whichever subject it was recorded under; a grant
+    that came from the merged subject keeps its epoch, so the history collected under it stays usable."""
+    inherited = {
+        s.purpose: s for s in session.scalars(select(ConsentState).where(ConsentState.subject_id == loser)).all()
+    }
+    for state in inherited.values():
+        session.expunge(state)
     session.execute(delete(ConsentState).where(ConsentState.subject_id == loser))
+    affected = set(inherited) | set(
+        session.scalars(select(ConsentState.purpose).where(ConsentState.subject_id == survivor))
+    )
     for purpose in affected:
-        _recompute(session, survivor, lineage, purpose)
+        _recompute(session, survivor, lineage, purpose, [inherited[purpose]] if purpose in inherited else [])
 
 
 # -- reading ---------------------------------------------------------------------------------------
