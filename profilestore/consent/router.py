@@ -18,7 +18,6 @@ from profilestore.kit.time import utcnow
 
 router = APIRouter(tags=["consent"])
 
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
 GlobalPrivacyControl = Annotated[str | None, Header(alias="Sec-GPC", max_length=8)]
 
 
@@ -30,35 +29,36 @@ def post_consents(
     vault: VaultDep,
     settings: SettingsDep,
     caller: Collector,
-    idempotency_key: IdempotencyKey = None,
+    idempotency_key: idempotency.KeyHeader = None,
     sec_gpc: GlobalPrivacyControl = None,
 ) -> ConsentReceipt:
     """Record consent decisions and return a receipt. With ``Idempotency-Key``, a retry returns the
     first receipt and writes nothing. ``Sec-GPC: 1`` also records withdrawals of sale/sharing and
     targeted advertising, with source ``gpc``."""
     gpc = (sec_gpc or "").strip() == "1"
-    fingerprint = idempotency.request_fingerprint({"body": body.model_dump(mode="json"), "gpc": gpc})
-    replayed = idempotency.claim(session, caller.client_id, idempotency_key, fingerprint)
-    if replayed is not None:
-        response.headers["Idempotent-Replayed"] = "true"
-        return ConsentReceipt.model_validate(replayed)
 
-    prepared = service.prepare(session, settings, body, gpc=gpc, now=utcnow())
-    subject = identity.resolve(
-        session, vault, settings, body.identifiers.present(), client_id=caller.client_id, create=True
-    )
-    assert subject is not None
-    receipt = service.record(
-        session, subject.cipher(vault), prepared, lineage=subject.lineage, client_id=caller.client_id
-    )
-    audit.log(
-        session,
-        client_id=caller.client_id,
-        action="consent.record",
-        subject_id=subject.subject_id,
-        detail={"receipt_id": receipt.receipt_id, "records": len(receipt.records), "merged": list(subject.merged)},
-    )
-    idempotency.complete(session, caller.client_id, idempotency_key, 201, receipt.model_dump(mode="json"))
+    def record() -> ConsentReceipt:
+        prepared = service.prepare(session, settings, body, gpc=gpc, now=utcnow())
+        subject = identity.resolve(
+            session, vault, settings, body.identifiers.present(), client_id=caller.client_id, create=True
+        )
+        assert subject is not None
+        receipt = service.record(
+            session, subject.cipher(vault), prepared, lineage=subject.lineage, client_id=caller.client_id
+        )
+        audit.log(
+            session,
+            client_id=caller.client_id,
+            action="consent.record",
+            subject_id=subject.subject_id,
+            detail={"receipt_id": receipt.receipt_id, "records": len(receipt.records), "merged": list(subject.merged)},
+        )
+        return receipt
+
+    payload = {"body": body.model_dump(mode="json"), "gpc": gpc}
+    receipt, replayed = idempotency.once(session, caller.client_id, idempotency_key, payload, record, ConsentReceipt)
+    if replayed:
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
     return receipt
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
+from fastapi import Header
+from pydantic import BaseModel
 from sqlalchemy import JSON, Integer, String, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -20,6 +23,12 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from profilestore.db import Base
 from profilestore.kit.errors import InvalidInput
 from profilestore.kit.time import utcnow
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+KeyHeader = Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER, max_length=200)]
 
 
 class IdempotencyKey(Base):
@@ -76,3 +85,23 @@ def complete(session: Session, client_id: str, key: str | None, status_code: int
             .where(IdempotencyKey.client_id == client_id, IdempotencyKey.key == key)
             .values(status_code=status_code, response=response)
         )
+
+
+def once(
+    session: Session,
+    client_id: str,
+    key: str | None,
+    payload: Any,
+    produce: Callable[[], ModelT],
+    model: type[ModelT],
+    status_code: int = 201,
+) -> tuple[ModelT, bool]:
+    """Run ``produce`` once per (client, key); a retry gets the first answer back and writes
+    nothing. Returns (answer, replayed)."""
+    fingerprint = request_fingerprint(payload)
+    stored = claim(session, client_id, key, fingerprint)
+    if stored is not None:
+        return model.model_validate(stored), True
+    answer = produce()
+    complete(session, client_id, key, status_code, answer.model_dump(mode="json"))
+    return answer, False

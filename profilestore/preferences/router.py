@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from profilestore.auth.dependencies import Collector
 from profilestore.consent import service as consent
 from profilestore.deps import SettingsDep, VaultDep, WriteSession
 from profilestore.identity import service as identity
+from profilestore.kit import idempotency
 from profilestore.kit.time import utcnow
 from profilestore.preferences import service
 from profilestore.preferences.schemas import PreferencesIn, PreferencesStored
@@ -17,15 +18,30 @@ router = APIRouter(tags=["preferences"])
 
 @router.post("/v1/preferences", status_code=201)
 def post_preferences(
-    body: PreferencesIn, session: WriteSession, vault: VaultDep, settings: SettingsDep, caller: Collector
+    body: PreferencesIn,
+    response: Response,
+    session: WriteSession,
+    vault: VaultDep,
+    settings: SettingsDep,
+    caller: Collector,
+    idempotency_key: idempotency.KeyHeader = None,
 ) -> PreferencesStored:
     """Store declared preferences whose category a purpose in force may use; count the rest as
-    dropped. Unknown people are not created: without consent there is nothing to store."""
-    prepared = service.prepare(session, settings, body, now=utcnow())
-    subject = identity.resolve(
-        session, vault, settings, body.identifiers.present(), client_id=caller.client_id, create=False
-    )
-    if subject is None:
-        return service.store(session, None, prepared, (), client_id=caller.client_id)
-    allowed = consent.collectable_categories(session, subject.subject_id)
-    return service.store(session, subject.cipher(vault), prepared, allowed, client_id=caller.client_id)
+    dropped. Unknown people are not created: without consent there is nothing to store. With
+    ``Idempotency-Key``, a retry returns the first answer and writes nothing."""
+
+    def store() -> PreferencesStored:
+        prepared = service.prepare(session, settings, body, now=utcnow())
+        subject = identity.resolve(
+            session, vault, settings, body.identifiers.present(), client_id=caller.client_id, create=False
+        )
+        if subject is None:
+            return service.store(session, None, prepared, (), client_id=caller.client_id)
+        allowed = consent.collectable_categories(session, subject.subject_id)
+        return service.store(session, subject.cipher(vault), prepared, allowed, client_id=caller.client_id)
+
+    payload = body.model_dump(mode="json")
+    answer, replayed = idempotency.once(session, caller.client_id, idempotency_key, payload, store, PreferencesStored)
+    if replayed:
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
+    return answer
