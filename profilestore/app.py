@@ -8,6 +8,7 @@ from profilestore import __version__, health
 from profilestore.auth.router import router as clients_router
 from profilestore.config import Settings
 from profilestore.consent.router import router as consent_router
+from profilestore.events.router import router as events_router
 from profilestore.identity.router import router as subjects_router
 from profilestore.kit.http import RequestContextMiddleware, install_error_handlers
 from profilestore.preferences.router import router as preferences_router
@@ -28,11 +29,17 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     for router in (
         health.router,
         consent_router,
+        events_router,
         preferences_router,
         subjects_router,
         purposes_router,
         clients_router,
     ):
         app.include_router(router)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=runtime.settings.max_body_bytes)
+    settings = runtime.settings
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        route_limits={"/v1/events": settings.events.max_batch_bytes},
+    )
     return app

@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,8 +21,81 @@ class Environment(StrEnum):
     production = "production"
 
 
+class EventSettings(BaseModel):
+    """Behavioural event ingest (``PROFILESTORE_EVENTS__…``)."""
+
+    max_batch_events: int = 1000
+    max_event_bytes: int = 32_768  # Segment's limit per event
+    max_batch_bytes: int = 4_194_304  # native /v1/events body
+    segment_max_batch_bytes: int = 512_000  # Segment's limit per /v1/batch
+    default_categories: dict[str, str] = Field(
+        default_factory=lambda: {
+            "page_viewed": "user.behavior.browsing_history",
+            "screen_viewed": "user.behavior.browsing_history",
+            "product_viewed": "user.behavior.browsing_history",
+            "product_list_viewed": "user.behavior.browsing_history",
+            "added_to_cart": "user.behavior.purchase_history",
+            "removed_from_cart": "user.behavior.purchase_history",
+            "checkout_started": "user.behavior.purchase_history",
+            "purchase": "user.behavior.purchase_history",
+            "order_completed": "user.behavior.purchase_history",
+            "search": "user.behavior.search_history",
+            "products_searched": "user.behavior.search_history",
+            "email_opened": "user.behavior",
+            "email_clicked": "user.behavior",
+        }
+    )
+    fallback_category: str = "user.behavior"
+
+
+class SignalSettings(BaseModel):
+    """How events and declared preferences become signals (``PROFILESTORE_SIGNALS__…``)."""
+
+    half_life_days: float = Field(default=14.0, gt=0)
+    type_weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "page_viewed": 1.0,
+            "screen_viewed": 1.0,
+            "product_viewed": 2.0,
+            "search": 2.0,
+            "products_searched": 2.0,
+            "email_clicked": 2.0,
+            "added_to_cart": 4.0,
+            "checkout_started": 5.0,
+            "purchase": 8.0,
+            "order_completed": 8.0,
+        }
+    )
+    default_weight: float = 1.0
+    # dimension → event property paths tried in order (dotted paths reach into nested objects)
+    event_dimensions: dict[str, list[str]] = Field(
+        default_factory=lambda: {
+            "category": ["category", "product.category", "categories"],
+            "brand": ["brand", "product.brand"],
+            "channel": ["channel"],
+            "price_band": ["price", "product.price", "value"],
+        }
+    )
+    price_bands: list[float] = Field(default_factory=lambda: [25.0, 50.0, 100.0, 250.0])
+    # declared preference key → dimension it speaks to
+    preference_dimensions: dict[str, str] = Field(
+        default_factory=lambda: {
+            "interests": "category",
+            "favourite_category": "category",
+            "favourite_categories": "category",
+            "favourite_brand": "brand",
+            "brands": "brand",
+            "preferred_channel": "channel",
+            "channel": "channel",
+            "price_band": "price_band",
+        }
+    )
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PROFILESTORE_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="PROFILESTORE_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
 
     environment: Environment = Environment.development
     data_dir: Path = Path("profilestore-data")
@@ -63,6 +136,9 @@ class Settings(BaseSettings):
         ],
         description="Purposes a Sec-GPC: 1 header withdraws: sale/sharing and targeted advertising",
     )
+
+    events: EventSettings = Field(default_factory=EventSettings)
+    signals: SignalSettings = Field(default_factory=SignalSettings)
 
     @model_validator(mode="after")
     def _refuse_development_key_in_production(self) -> Settings:

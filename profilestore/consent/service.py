@@ -12,7 +12,7 @@ import ipaddress
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -269,6 +269,44 @@ def in_force(session: Session, subject_id: str, now: datetime | None = None) -> 
         if verdict.in_force:
             result[key] = verdict
     return result
+
+
+EPOCH_ZERO = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class CollectionGate:
+    """What may be collected for one subject right now, and the stamp to put on it."""
+
+    purposes: tuple[PurposeRule, ...]
+    epoch: datetime  # the subject's latest grant epoch: collected data is stamped with it
+
+    def allowing(self, category: str) -> list[str]:
+        """The purposes in force whose policy covers ``category`` (empty: do not collect)."""
+        return [rule.key for rule in self.purposes if rule.allows(category)]
+
+
+def collection_gates(session: Session, subject_ids: Sequence[str], now: datetime) -> dict[str, CollectionGate]:
+    """Gates for many subjects with two queries: their consent states and the purpose rules."""
+    states: dict[str, dict[str, State]] = {sid: {} for sid in subject_ids}
+    if subject_ids:
+        for r in session.scalars(select(ConsentState).where(ConsentState.subject_id.in_(list(states)))):
+            states[r.subject_id][r.purpose] = State(
+                r.status, r.record_id, r.collected_at, r.expires_at, r.grant_started_at, r.grant_epoch
+            )
+    rules = purposes.rules(session)
+    gates = {}
+    for sid, subject_states in states.items():
+        in_force = []
+        epoch = EPOCH_ZERO
+        for key, rule in rules.items():
+            verdict = effective(key, rule.needs_consent, subject_states, now)
+            if verdict.in_force:
+                in_force.append(rule)
+                if verdict.grant_epoch is not None:
+                    epoch = max(epoch, verdict.grant_epoch)
+        gates[sid] = CollectionGate(tuple(in_force), epoch)
+    return gates
 
 
 def collectable_categories(session: Session, subject_id: str, now: datetime | None = None) -> set[str]:

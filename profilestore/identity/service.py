@@ -23,12 +23,14 @@ from sqlalchemy.orm import Session
 from profilestore.config import Settings
 from profilestore.consent import service as consent
 from profilestore.crypto.service import SubjectCipher, Vault
+from profilestore.events import service as events
 from profilestore.identity.models import Identifier, Subject, SubjectMerge
 from profilestore.identity.normalise import normalise
-from profilestore.kit.errors import Conflict
+from profilestore.kit.errors import Conflict, InvalidInput
 from profilestore.kit.ids import new_id
 from profilestore.kit.time import utcnow
 from profilestore.preferences import service as preferences
+from profilestore.signals import service as signals
 
 TABLE = "identifiers"
 
@@ -47,11 +49,16 @@ class Resolution:
         return self._cipher
 
 
-def _indexes(vault: Vault, settings: Settings, identifiers: dict[str, str]) -> dict[str, tuple[str, bytes]]:
-    """kind → (normalised value, blind index)."""
+def _indexes(
+    vault: Vault, settings: Settings, identifiers: dict[str, str], field_prefix: str = ""
+) -> dict[str, tuple[str, bytes]]:
+    """kind → (normalised value, blind index); invalid identifiers are refused by field."""
     result = {}
     for kind, value in identifiers.items():
-        normalised = normalise(kind, value, default_region=settings.default_phone_region)
+        try:
+            normalised = normalise(kind, value, default_region=settings.default_phone_region)
+        except InvalidInput as exc:
+            raise InvalidInput(exc.message, field=f"{field_prefix}{exc.field}") from exc
         result[kind] = (normalised, vault.blind_index(kind, normalised))
     return result
 
@@ -112,7 +119,7 @@ def resolve(
         survivor = _oldest(session, subjects)
     merged = tuple(sorted(subjects - {survivor}))
     for loser in merged:
-        _merge(session, vault, survivor, loser, client_id)
+        _merge(session, vault, settings, survivor, loser, client_id)
 
     resolution = Resolution(survivor, lineage(session, survivor), created=created, merged=merged)
     missing = {kind: v for kind, v in indexes.items() if v[1] not in owners}
@@ -123,6 +130,53 @@ def resolve(
         if late:
             return resolve(session, vault, settings, identifiers, client_id=client_id, create=create)
     return resolution
+
+
+@dataclass(frozen=True)
+class Known:
+    """A subject that identifiers resolved to, and its status (active or restricted)."""
+
+    subject_id: str
+    status: str
+
+
+def resolve_known(
+    session: Session,
+    vault: Vault,
+    settings: Settings,
+    identifier_sets: list[dict[str, str]],
+    *,
+    client_id: str | None,
+    field_prefix: str = "",
+) -> list[Known | None]:
+    """Resolve many identifier sets without creating anyone: an event batch's people.
+
+    Every set is validated before anything is written. The common case (all identifiers known,
+    one subject) costs one query for the whole batch; a set that adds identifiers or spans two
+    subjects goes through ``resolve`` (attach, merge).
+    """
+    indexed = [_indexes(vault, settings, ids, field_prefix.format(index=i)) for i, ids in enumerate(identifier_sets)]
+    owners = _owners(session, sorted({ix for one in indexed for _, ix in one.values()}))
+    results: list[str | None] = []
+    merged = False
+    for ids, one in zip(identifier_sets, indexed, strict=True):
+        wanted = [ix for _, ix in one.values()]
+        found = {owners[ix] for ix in wanted if ix in owners}
+        if not found:
+            results.append(None)
+        elif len(found) == 1 and len(wanted) == sum(ix in owners for ix in wanted):
+            results.append(found.pop())
+        else:
+            resolution = resolve(session, vault, settings, ids, client_id=client_id, create=False)
+            assert resolution is not None
+            results.append(resolution.subject_id)
+            merged = merged or bool(resolution.merged)
+            owners.update(_owners(session, sorted(owners)))  # a merge re-pointed identifiers
+    # A merge later in the batch may have folded a subject resolved earlier: follow it.
+    live = {sid: (current(session, sid) or sid) if merged else sid for sid in {r for r in results if r}}
+    rows = session.execute(select(Subject.id, Subject.status).where(Subject.id.in_(set(live.values()))))
+    statuses: dict[str, str] = {sid: status for sid, status in rows}
+    return [Known(live[r], statuses[live[r]]) if r else None for r in results]
 
 
 def _create_subject(session: Session, vault: Vault) -> str:
@@ -156,7 +210,9 @@ def _attach(session: Session, cipher: SubjectCipher, subject_id: str, missing: d
     session.execute(insert(Identifier).values(rows).on_conflict_do_nothing())
 
 
-def _merge(session: Session, vault: Vault, survivor: str, loser: str, client_id: str | None) -> None:
+def _merge(
+    session: Session, vault: Vault, settings: Settings, survivor: str, loser: str, client_id: str | None
+) -> None:
     now = utcnow()
     source = vault.cipher(loser, lineage(session, loser))
     target = vault.cipher(survivor, lineage(session, survivor))
@@ -166,6 +222,8 @@ def _merge(session: Session, vault: Vault, survivor: str, loser: str, client_id:
         row.value_ct = target.encrypt(TABLE, "value", key, source.decrypt(TABLE, "value", key, row.value_ct))
         row.subject_id = survivor
     preferences.absorb(session, source, target)
+    events.absorb(session, source, target)
+    signals.absorb(session, source, target, settings.signals, now)
 
     # Flatten: everything once merged into the loser now belongs to the survivor.
     session.execute(update(SubjectMerge).where(SubjectMerge.merged_into == loser).values(merged_into=survivor))

@@ -33,9 +33,10 @@ class RequestContextMiddleware:
     """Gives every request an ``X-Request-Id`` (a well-formed incoming one is kept) and enforces
     the body size limit before any byte reaches a handler."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, route_limits: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.route_limits = route_limits or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,9 +52,10 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
+        limit = self.route_limits.get(scope["path"], self.max_body_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._too_large(send_with_id)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._too_large(send_with_id, limit)
             return
 
         received = 0
@@ -63,18 +65,18 @@ class RequestContextMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     raise _BodyTooLarge
             return message
 
         try:
             await self.app(scope, limited_receive, send_with_id)
         except _BodyTooLarge:
-            await self._too_large(send_with_id)
+            await self._too_large(send_with_id, limit)
 
-    async def _too_large(self, send: Send) -> None:
+    async def _too_large(self, send: Send, limit: int) -> None:
         response = JSONResponse(
-            error_body("payload_too_large", f"request body is larger than {self.max_body_bytes} bytes", "body"),
+            error_body("payload_too_large", f"request body is larger than {limit} bytes", "body"),
             status_code=413,
         )
         await response({"type": "http"}, _empty_receive, send)

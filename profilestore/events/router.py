@@ -1,0 +1,54 @@
+"""Native behavioural event ingest."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from profilestore.auth.dependencies import Collector
+from profilestore.deps import SettingsDep, VaultDep, WriteSession
+from profilestore.events import service
+from profilestore.events.schemas import EventsAccepted, EventsIn
+from profilestore.identity import service as identity
+from profilestore.kit.time import utcnow
+
+router = APIRouter(tags=["events"])
+
+
+@router.post("/v1/events")
+def post_events(
+    body: EventsIn, session: WriteSession, vault: VaultDep, settings: SettingsDep, caller: Collector
+) -> EventsAccepted:
+    """Ingest a batch (at most 1,000 events, 32 KB of properties each). Events whose category no
+    purpose in force may use are dropped and counted by reason; a repeated ``message_id`` from the
+    same client is stored once and counted as a duplicate."""
+    now = utcnow()
+    incoming = [
+        service.IncomingEvent(
+            identifiers=e.identifiers.present(),
+            type=e.type,
+            properties=e.properties,
+            occurred_at=e.occurred_at,
+            message_id=e.message_id,
+            category=e.category or service.default_category(settings, e.type),
+        )
+        for e in body.events
+    ]
+    service.validate(session, settings, incoming, now=now)
+    known = identity.resolve_known(
+        session,
+        vault,
+        settings,
+        [e.identifiers for e in incoming],
+        client_id=caller.client_id,
+        field_prefix="events.{index}.",
+    )
+    report = service.ingest(
+        session,
+        vault,
+        settings,
+        incoming,
+        [(k.subject_id, k.status) if k else None for k in known],
+        client_id=caller.client_id,
+        now=now,
+    )
+    return EventsAccepted(accepted=report.accepted, duplicates=report.duplicates, dropped=dict(report.dropped))
