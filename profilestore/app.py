@@ -9,6 +9,8 @@ from profilestore.auth.router import router as clients_router
 from profilestore.config import Settings
 from profilestore.consent.router import router as consent_router
 from profilestore.events.router import router as events_router
+from profilestore.events.segment_router import SINGLE_CALLS
+from profilestore.events.segment_router import router as segment_router
 from profilestore.identity.router import router as subjects_router
 from profilestore.kit.http import RequestContextMiddleware, install_error_handlers
 from profilestore.preferences.router import router as preferences_router
@@ -30,6 +32,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         health.router,
         consent_router,
         events_router,
+        segment_router,
         preferences_router,
         subjects_router,
         purposes_router,
@@ -40,6 +43,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_body_bytes,
-        route_limits={"/v1/events": settings.events.max_batch_bytes},
+        route_limits={
+            "/v1/events": settings.events.max_batch_bytes,
+            "/v1/batch": settings.events.segment_max_batch_bytes,
+            **{f"/v1/{kind}": settings.events.max_event_bytes for kind in SINGLE_CALLS},
+        },
     )
     return app

@@ -92,6 +92,48 @@ class SignalSettings(BaseModel):
     )
 
 
+class TraitTarget(BaseModel):
+    key: str
+    category: str
+
+
+class SegmentSettings(BaseModel):
+    """The Segment-compatible endpoints (``PROFILESTORE_SEGMENT__…``)."""
+
+    # consent-manager category (context.consent.categoryPreferences) → purposes it speaks for;
+    # OneTrust's C000n ids are what Segment's consent integrations send most often
+    consent_categories: dict[str, list[str]] = Field(
+        default_factory=lambda: {
+            "Advertising": ["marketing.advertising"],
+            "Marketing": ["marketing"],
+            "Analytics": ["analytics"],
+            "Functional": ["functional"],
+            "Personalization": ["personalize"],
+            "Personalisation": ["personalize"],
+            "DataSharing": ["third_party_sharing"],
+            "C0002": ["analytics"],
+            "C0003": ["functional", "personalize"],
+            "C0004": ["marketing.advertising"],
+        }
+    )
+    # identify trait → the declared preference it becomes
+    trait_map: dict[str, TraitTarget] = Field(
+        default_factory=lambda: {
+            "interests": TraitTarget(key="interests", category="user.preferences.interests"),
+            "favourite_category": TraitTarget(key="favourite_category", category="user.preferences.interests"),
+            "favourite_brand": TraitTarget(key="favourite_brand", category="user.preferences.interests"),
+            "preferred_channel": TraitTarget(key="preferred_channel", category="user.preferences.channel"),
+            "newsletter_frequency": TraitTarget(key="newsletter_frequency", category="user.preferences.frequency"),
+            "shoe_size": TraitTarget(key="shoe_size", category="user.preferences.size"),
+        }
+    )
+    # identify traits that are identifiers of the person
+    identifier_traits: dict[str, str] = Field(
+        default_factory=lambda: {"email": "email", "phone": "phone", "loyalty_id": "loyalty_id"}
+    )
+    source: str = "segment"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PROFILESTORE_", env_nested_delimiter="__", extra="ignore", frozen=True
@@ -139,6 +181,7 @@ class Settings(BaseSettings):
 
     events: EventSettings = Field(default_factory=EventSettings)
     signals: SignalSettings = Field(default_factory=SignalSettings)
+    segment: SegmentSettings = Field(default_factory=SegmentSettings)
 
     @model_validator(mode="after")
     def _refuse_development_key_in_production(self) -> Settings:

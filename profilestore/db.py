@@ -43,6 +43,8 @@ def _prepare_sqlite_file(url: str) -> None:
 
 def create_db_engine(url: str, *, immediate: bool = False, **kwargs: Any) -> Engine:
     """An engine for ``url``; on SQLite: WAL, full sync, foreign keys, and a busy timeout."""
+    # Statement parameters hold ciphertexts and blind indexes: keep them out of errors and logs.
+    kwargs.setdefault("hide_parameters", True)
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True, **kwargs)
 

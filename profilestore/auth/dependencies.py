@@ -3,9 +3,11 @@ their roles, so the authorisation matrix can be read off the routes (see the rol
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from profilestore.auth.schemas import Role
@@ -43,7 +45,30 @@ class RoleGuard:
         return caller
 
 
+class WriteKeyGuard(RoleGuard):
+    """Segment-style auth: the client key as the HTTP Basic user (empty password), as Segment and
+    RudderStack SDKs send their write key; a Bearer key works too."""
+
+    def __call__(  # type: ignore[override]
+        self, request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> Caller:
+        key = None
+        scheme, _, value = (authorization or "").partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                key = base64.b64decode(value.strip(), validate=True).decode().split(":", 1)[0]
+            except (binascii.Error, UnicodeDecodeError):
+                key = None
+        elif scheme.lower() == "bearer":
+            key = value.strip()
+        caller = caller_from_key(request, key)
+        if caller.role not in self.roles:
+            raise Forbidden("this endpoint is for collector clients")
+        return caller
+
+
 Collector = Annotated[Caller, Depends(RoleGuard(Role.collector))]
+WriteKey = Annotated[Caller, Depends(WriteKeyGuard(Role.collector))]
 Reader = Annotated[Caller, Depends(RoleGuard(Role.reader))]
 Privacy = Annotated[Caller, Depends(RoleGuard(Role.privacy, Role.admin))]
 Admin = Annotated[Caller, Depends(RoleGuard(Role.admin))]

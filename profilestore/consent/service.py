@@ -109,6 +109,16 @@ def _content(record: ConsentRecord) -> dict[str, object]:
     }
 
 
+@dataclass(frozen=True)
+class Collected:
+    """The circumstances of a set of decisions: when, where from, under which notice, with what."""
+
+    collected_at: datetime
+    source: str
+    notice: NoticeRef | None
+    evidence: Evidence | None
+
+
 def record(
     session: Session,
     cipher: SubjectCipher,
@@ -119,35 +129,88 @@ def record(
 ) -> ConsentReceipt:
     """Append the submission's decisions (and any GPC withdrawals) to the ledger; update state."""
     body = prepared.body
-    subject_id = cipher.subject_id
-    now = utcnow()
-    receipt_id = new_id("rcpt")
-    decisions: list[tuple[str, str, str]] = [(c.purpose, c.status.value, body.source) for c in body.consents]
+    decisions = [(c.purpose, c.status.value, body.source) for c in body.consents]
+    decisions += _gpc_decisions(session, cipher.subject_id, prepared.gpc_purposes, decisions)
+    collected = Collected(body.collected_at, body.source, body.notice, body.evidence)
+    return _append(session, cipher, lineage, decisions, collected, prepared.rules, client_id)
+
+
+def record_changes(
+    session: Session,
+    settings: Settings,
+    cipher: SubjectCipher,
+    decisions: Sequence[tuple[str, str]],
+    collected: Collected,
+    *,
+    lineage: Sequence[str],
+    client_id: str,
+    gpc: bool = False,
+) -> ConsentReceipt | None:
+    """Record signalled decisions (from a consent manager riding along with events, or the GPC
+    header) only where they change the purpose's current state: the same banner state sent with
+    every event must not grow the ledger. Unknown purposes are ignored (a mapping points at them).
+    Returns None when nothing changed."""
+    rules = purposes.rules(session, [p for p, _ in decisions] + (list(settings.gpc_purposes) if gpc else []))
+    current = _states(session, cipher.subject_id)
+    changed = [
+        (p, s, collected.source)
+        for p, s in decisions
+        if p in rules and (current.get(p) is None or current[p].status != s)
+    ]
+    if gpc:
+        changed += _gpc_decisions(
+            session, cipher.subject_id, tuple(k for k in settings.gpc_purposes if k in rules), changed
+        )
+    if not changed:
+        return None
+    return _append(session, cipher, lineage, changed, collected, rules, client_id)
+
+
+def _gpc_decisions(
+    session: Session, subject_id: str, gpc_purposes: Sequence[str], decisions: Sequence[tuple[str, str, str]]
+) -> list[tuple[str, str, str]]:
+    """Withdrawals a ``Sec-GPC: 1`` signal adds: for each sale/sharing or targeted-advertising
+    purpose, unless it is already out of force (and not being granted in this same request)."""
     current = _states(session, subject_id)
-    for key in prepared.gpc_purposes:
+    added = []
+    for key in gpc_purposes:
         state = current.get(key)
         already_out = state is not None and state.status != GRANTED and not _granted_now(decisions, key)
         if not already_out:
-            decisions.append((key, ConsentStatus.withdrawn.value, GPC_SOURCE))
+            added.append((key, ConsentStatus.withdrawn.value, GPC_SOURCE))
+    return added
 
-    evidence = _evidence_bytes(body.evidence)
+
+def _append(
+    session: Session,
+    cipher: SubjectCipher,
+    lineage: Sequence[str],
+    decisions: Sequence[tuple[str, str, str]],
+    collected: Collected,
+    rules: dict[str, PurposeRule],
+    client_id: str,
+) -> ConsentReceipt:
+    subject_id = cipher.subject_id
+    now = utcnow()
+    receipt_id = new_id("rcpt")
+    evidence = _evidence_bytes(collected.evidence)
     chain = ChainWriter(session, CHAIN)
     written: list[ConsentRecord] = []
     for purpose, status, source in decisions:
-        rule = prepared.rules[purpose]
         record_id = new_id("rec")
+        valid_for = timedelta(days=rules[purpose].consent_valid_days)
         row = ConsentRecord(
             subject_id=subject_id,
             record_id=record_id,
             receipt_id=receipt_id,
             purpose=purpose,
             status=status,
-            notice_key=body.notice.key,
-            notice_version=body.notice.version,
+            notice_key=collected.notice.key if collected.notice else None,
+            notice_version=collected.notice.version if collected.notice else None,
             source=source,
-            collected_at=body.collected_at,
+            collected_at=collected.collected_at,
             recorded_at=now,
-            expires_at=body.collected_at + timedelta(days=rule.consent_valid_days) if status == GRANTED else None,
+            expires_at=collected.collected_at + valid_for if status == GRANTED else None,
             client_id=client_id,
             evidence_ct=cipher.encrypt(TABLE, "evidence", record_id, evidence) if evidence else None,
         )
@@ -177,7 +240,7 @@ def record(
     )
 
 
-def _granted_now(decisions: list[tuple[str, str, str]], purpose: str) -> bool:
+def _granted_now(decisions: Sequence[tuple[str, str, str]], purpose: str) -> bool:
     return any(p == purpose and s == GRANTED for p, s, _ in decisions)
 
 

@@ -134,5 +134,6 @@ def install_error_handlers(app: FastAPI) -> None:
             return JSONResponse(
                 error_body("unavailable", "the database is unavailable; nothing was written, retry later"), 503
             )
-        log.error("database error (request %s): %s", request_id, type(exc).__name__)
+        # Engines hide statement parameters, so the traceback carries no personal values.
+        log.error("database error (request %s): %s", request_id, type(exc).__name__, exc_info=exc)
         return JSONResponse(error_body("internal", "the request failed; nothing was written"), 500)

@@ -14,9 +14,9 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import Table, bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from profilestore.config import SignalSettings
@@ -189,25 +189,26 @@ class SignalWriter:
                         "last_seen": entry.last_seen,
                     }
                 )
+        table = cast(Table, Signal.__table__)
         if inserts:
-            session.execute(insert(Signal), inserts)
+            session.execute(insert(table), inserts)
         if updates:
+            # Core executemany by primary key: one statement, one round trip per chunk.
             session.execute(
-                update(Signal)
+                update(table)
                 .where(
-                    Signal.subject_id == bindparam("k_subject"),
-                    Signal.dimension == bindparam("k_dimension"),
-                    Signal.value_index == bindparam("k_index"),
-                    Signal.category == bindparam("k_category"),
-                    Signal.epoch == bindparam("k_epoch"),
+                    table.c.subject_id == bindparam("k_subject"),
+                    table.c.dimension == bindparam("k_dimension"),
+                    table.c.value_index == bindparam("k_index"),
+                    table.c.category == bindparam("k_category"),
+                    table.c.epoch == bindparam("k_epoch"),
                 )
                 .values(
                     score=bindparam("score"),
                     score_at=bindparam("score_at"),
                     evidence=bindparam("evidence"),
                     last_seen=bindparam("last_seen"),
-                )
-                .execution_options(synchronize_session=False),
+                ),
                 updates,
             )
         touched = len(self.pending)
