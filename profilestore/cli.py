@@ -248,6 +248,20 @@ def ledger_verify(data_dir: DataDir = None) -> None:
         raise typer.Exit(1)
 
 
+@app.command()
+def purge(data_dir: DataDir = None) -> None:
+    """Delete events past their purpose's retention and events whose allowing consent was withdrawn
+    or expired, rebuilding the signals they fed. Safe while the service runs; prints counts."""
+    from profilestore.events import retention
+    from profilestore.kit.time import utcnow
+
+    runtime = _ready(data_dir)
+    with runtime.db.transaction(write=False) as session:
+        subjects = retention.subjects_with_events(session)
+    report = retention.purge(runtime.db.transaction, runtime.vault, runtime.settings, utcnow(), subjects)
+    typer.echo(json.dumps(report.as_dict()))
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(ctx: typer.Context) -> None:
     """Run the consent benchmark of bench/ (see bench/README.md; --help for its options)."""

@@ -312,9 +312,13 @@ def absorb(session: Session, survivor: str, lineage: Sequence[str], loser: str) 
 # -- reading ---------------------------------------------------------------------------------------
 
 
+def _state_of(row: ConsentState) -> State:
+    return State(row.status, row.record_id, row.collected_at, row.expires_at, row.grant_started_at, row.grant_epoch)
+
+
 def _states(session: Session, subject_id: str) -> dict[str, State]:
     rows = session.scalars(select(ConsentState).where(ConsentState.subject_id == subject_id))
-    return {r.purpose: State(r.status, r.record_id, r.collected_at, r.expires_at, r.grant_started_at) for r in rows}
+    return {r.purpose: _state_of(r) for r in rows}
 
 
 def effective_status(session: Session, subject_id: str, purpose: PurposeRule, now: datetime | None = None) -> Effective:
@@ -354,9 +358,7 @@ def collection_gates(session: Session, subject_ids: Sequence[str], now: datetime
     states: dict[str, dict[str, State]] = {sid: {} for sid in subject_ids}
     if subject_ids:
         for r in session.scalars(select(ConsentState).where(ConsentState.subject_id.in_(list(states)))):
-            states[r.subject_id][r.purpose] = State(
-                r.status, r.record_id, r.collected_at, r.expires_at, r.grant_started_at, r.grant_epoch
-            )
+            states[r.subject_id][r.purpose] = _state_of(r)
     rules = purposes.rules(session)
     gates = {}
     for sid, subject_states in states.items():
