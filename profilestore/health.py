@@ -1,11 +1,15 @@
-"""Liveness and readiness: unauthenticated, and they reveal nothing but up or down."""
+"""Liveness and readiness (unauthenticated: they reveal nothing but up or down) and Prometheus
+metrics (admin: scrape with a bearer key)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from profilestore import metrics
+from profilestore.auth.dependencies import Admin
 from profilestore.deps import get_runtime
 
 router = APIRouter(tags=["health"])
@@ -29,3 +33,9 @@ def readyz(request: Request) -> JSONResponse:
             checks[name] = "unavailable"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503)
+
+
+@router.get("/metrics", response_class=Response)
+def prometheus_metrics(_: Admin) -> Response:
+    """Counters and latency histograms of this process, in the Prometheus text format."""
+    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)

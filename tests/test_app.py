@@ -38,3 +38,22 @@ def test_readyz_reports_an_unreachable_database(runtime: Runtime) -> None:
         ready = client.get("/readyz")
     assert ready.status_code == 503
     assert ready.json()["checks"]["database"] == "unavailable"
+
+
+def test_metrics_are_for_admins_and_label_routes_by_template(runtime: Runtime) -> None:
+    from profilestore.auth import service as clients
+    from profilestore.auth.schemas import ClientIn, Role
+
+    with runtime.db.transaction() as session:
+        admin = clients.create_client(session, ClientIn(name="ops", role=Role.admin)).key
+        collector = clients.create_client(session, ClientIn(name="form", role=Role.collector)).key
+    with TestClient(create_app(runtime=runtime)) as client:
+        client.get("/v1/subjects/sub_secret_id/consents", headers={"Authorization": f"Bearer {admin}"})
+        anonymous = client.get("/metrics")
+        wrong_role = client.get("/metrics", headers={"Authorization": f"Bearer {collector}"})
+        scraped = client.get("/metrics", headers={"Authorization": f"Bearer {admin}"})
+    assert anonymous.status_code == 401
+    assert wrong_role.status_code == 403
+    assert scraped.status_code == 200
+    assert 'route="/v1/subjects/{subject_id}/consents"' in scraped.text
+    assert "sub_secret_id" not in scraped.text

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from typing import Any
 
@@ -18,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from profilestore import metrics
 from profilestore.kit.errors import DomainError
 
 log = logging.getLogger("profilestore.http")
@@ -47,8 +49,13 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         header = (b"x-request-id", request_id.encode())
 
+        started = time.perf_counter()
+        status = 500
+
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
@@ -73,6 +80,10 @@ class RequestContextMiddleware:
             await self.app(scope, limited_receive, send_with_id)
         except _BodyTooLarge:
             await self._too_large(send_with_id, limit)
+        finally:
+            # Label by route template, never the raw path: paths carry subject ids.
+            route = getattr(scope.get("route"), "path", "unmatched")
+            metrics.REQUESTS.labels(scope["method"], route, f"{status // 100}xx").observe(time.perf_counter() - started)
 
     async def _too_large(self, send: Send, limit: int) -> None:
         response = JSONResponse(
