@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from profilestore import __version__, health
+from profilestore.audit.router import router as audit_router
 from profilestore.auth.router import router as clients_router
 from profilestore.config import Settings
 from profilestore.consent.router import router as consent_router
@@ -16,12 +20,24 @@ from profilestore.kit.http import RequestContextMiddleware, install_error_handle
 from profilestore.preferences.router import router as preferences_router
 from profilestore.purposes.router import router as purposes_router
 from profilestore.runtime import Runtime
+from profilestore.views.router import router as views_router
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     """Build the app. Databases are expected to be migrated (``profilestore serve`` does it)."""
     runtime = runtime or Runtime.from_settings(settings or Settings())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        runtime.recorder.start()
+        try:
+            yield
+        finally:
+            # A clean shutdown writes every buffered access-log entry before the process ends.
+            runtime.recorder.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="profilestore",
         version=__version__,
         description="First-party consent ledger and purpose-bound profile store.",
@@ -36,6 +52,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         preferences_router,
         subjects_router,
         purposes_router,
+        views_router,
+        audit_router,
         clients_router,
     ):
         app.include_router(router)

@@ -134,6 +134,19 @@ class SegmentSettings(BaseModel):
     source: str = "segment"
 
 
+class ViewSettings(BaseModel):
+    """Purpose-bound views (``PROFILESTORE_VIEWS__…``)."""
+
+    max_values_per_dimension: int = 20
+    recent_events_default: int = 20
+    recent_events_max: int = 100
+    declared_weight: float = 1.0
+    contradiction_min_evidence: int = 5
+    # purpose → dimension → values a reader can render for people the store cannot classify
+    defaults: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
+    audit_flush_seconds: float = 0.2
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PROFILESTORE_", env_nested_delimiter="__", extra="ignore", frozen=True
@@ -182,6 +195,7 @@ class Settings(BaseSettings):
     events: EventSettings = Field(default_factory=EventSettings)
     signals: SignalSettings = Field(default_factory=SignalSettings)
     segment: SegmentSettings = Field(default_factory=SegmentSettings)
+    views: ViewSettings = Field(default_factory=ViewSettings)
 
     @model_validator(mode="after")
     def _refuse_development_key_in_production(self) -> Settings:

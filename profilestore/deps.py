@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from profilestore.audit.service import AccessRecorder
 from profilestore.config import Settings
 from profilestore.crypto.service import Vault
 from profilestore.runtime import Runtime
@@ -56,3 +57,10 @@ WriteSession = Annotated[Session, Depends(_write_session, scope="function")]
 ReadSession = Annotated[Session, Depends(_read_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 VaultDep = Annotated[Vault, Depends(_vault)]
+
+
+def _recorder(request: Request) -> AccessRecorder:
+    return get_runtime(request).recorder
+
+
+RecorderDep = Annotated[AccessRecorder, Depends(_recorder)]

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from profilestore import migrate
+from profilestore.audit.service import AccessRecorder
 from profilestore.config import Settings
 from profilestore.crypto.keyring import MasterKeyring
 from profilestore.crypto.service import Vault
@@ -20,13 +21,15 @@ class Runtime:
     db: Database
     keystore: Database
     vault: Vault
+    recorder: AccessRecorder
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
         db = Database(settings.resolved_database_url)
         keystore = Database(settings.resolved_keystore_url)
         vault = Vault(keystore, MasterKeyring(settings))
-        return cls(settings=settings, db=db, keystore=keystore, vault=vault)
+        recorder = AccessRecorder(db, interval=settings.views.audit_flush_seconds)
+        return cls(settings=settings, db=db, keystore=keystore, vault=vault, recorder=recorder)
 
     def migrate(self) -> None:
         """Bring both databases to head, create the key-store metadata, load the default taxonomy."""
@@ -39,5 +42,6 @@ class Runtime:
             purposes.load_defaults(session, self.settings)
 
     def close(self) -> None:
+        self.recorder.close()
         self.db.dispose()
         self.keystore.dispose()

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from profilestore.audit.models import AccessLogEntry
+from profilestore.db import Database
 from profilestore.kit.chain import ChainWriter
 from profilestore.kit.ids import new_id
 from profilestore.kit.time import utcnow
 
 CHAIN = "access"
+logger = logging.getLogger("profilestore.audit")
 
 
 def _content(entry: AccessLogEntry) -> dict[str, Any]:
@@ -59,3 +63,76 @@ def entries_for(session: Session, subject_ids: list[str]) -> list[AccessLogEntry
             select(AccessLogEntry).where(AccessLogEntry.subject_id.in_(subject_ids)).order_by(AccessLogEntry.seq)
         )
     )
+
+
+class AccessRecorder:
+    """Collects view reads in memory and appends them to the access log in batches, so reads
+    cost no write transaction (and no fsync) each. A background thread flushes every
+    ``interval`` seconds; ``close()`` — called on a clean shutdown — flushes what remains."""
+
+    def __init__(self, db: Database, interval: float = 0.2, max_batch: int = 1000) -> None:
+        self._db = db
+        self._interval = interval
+        self._max_batch = max_batch
+        self._pending: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def record(self, **entry: Any) -> None:
+        with self._lock:
+            self._pending.append({**entry, "at": utcnow()})
+            full = len(self._pending) >= self._max_batch
+        if full:
+            self._wake.set()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:
+                logger.exception("access log flush failed; entries kept for the next try")
+
+    def flush(self) -> int:
+        """Write every pending entry in one transaction; on failure they stay pending."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return 0
+        try:
+            with self._db.transaction() as session:
+                chain = ChainWriter(session, CHAIN)
+                for item in batch:
+                    entry = AccessLogEntry(
+                        entry_id=new_id("acc"),
+                        at=item["at"],
+                        client_id=item.get("client_id"),
+                        action=item["action"],
+                        subject_id=item.get("subject_id"),
+                        purpose=item.get("purpose"),
+                        detail=item.get("detail") or {},
+                    )
+                    link = chain.append(_content(entry))
+                    entry.seq, entry.prev_hash, entry.hash = link.seq, link.prev_hash, link.hash
+                    session.add(entry)
+        except Exception:
+            with self._lock:
+                self._pending[:0] = batch
+            raise
+        return len(batch)
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.flush()

@@ -72,4 +72,6 @@ WriteKey = Annotated[Caller, Depends(WriteKeyGuard(Role.collector))]
 Reader = Annotated[Caller, Depends(RoleGuard(Role.reader))]
 Privacy = Annotated[Caller, Depends(RoleGuard(Role.privacy, Role.admin))]
 Admin = Annotated[Caller, Depends(RoleGuard(Role.admin))]
+# Views are for readers; privacy and admin clients may read them too, to ``explain`` them.
+ViewReader = Annotated[Caller, Depends(RoleGuard(Role.reader, Role.privacy, Role.admin))]
 AnyClient = Annotated[Caller, Depends(RoleGuard(*Role))]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -223,3 +223,25 @@ def absorb(session: Session, source: SubjectCipher, target: SubjectCipher) -> No
     for receipt in receipts:
         receipt.subject_id = target.subject_id
     session.flush()
+
+
+def recent(
+    session: Session, cipher: SubjectCipher, admits: Callable[[str, datetime], bool], limit: int
+) -> list[dict[str, Any]]:
+    """The subject's most recent events that ``admits(category, epoch)`` allows, newest first."""
+    found: list[dict[str, Any]] = []
+    rows = session.execute(
+        select(Event.event_id, Event.type, Event.category, Event.epoch, Event.occurred_at, Event.properties_ct)
+        .where(Event.subject_id == cipher.subject_id)
+        .order_by(Event.occurred_at.desc())
+        .execution_options(yield_per=200)
+    )
+    for r in rows:
+        if admits(r.category, r.epoch):
+            properties = decrypt_properties(cipher, r.event_id, r.properties_ct)
+            found.append(
+                {"type": r.type, "category": r.category, "occurred_at": r.occurred_at, "properties": properties}
+            )
+            if len(found) >= limit:
+                break
+    return found

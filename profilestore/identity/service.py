@@ -83,6 +83,15 @@ def current(session: Session, subject_id: str) -> str | None:
     return subject.merged_into or subject.id
 
 
+def live_status(session: Session, subject_id: str) -> tuple[str, str] | None:
+    """(live subject id, status) for an id, following a merge; None for an unknown id."""
+    live = current(session, subject_id)
+    if live is None:
+        return None
+    subject = session.get(Subject, live)
+    return (live, subject.status) if subject else None
+
+
 def find(session: Session, vault: Vault, settings: Settings, identifiers: dict[str, str]) -> str | None:
     """The subject these identifiers name, without creating or merging anything."""
     owners = set(_owners(session, [ix for _, ix in _indexes(vault, settings, identifiers).values()]).values())

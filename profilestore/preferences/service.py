@@ -4,6 +4,7 @@ preference's category (its policy covers it); versioned, values encrypted with t
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -161,3 +162,28 @@ def absorb(session: Session, source: SubjectCipher, target: SubjectCipher) -> No
         else:
             latest[row.key] = row
     session.flush()
+
+
+def permitted(
+    session: Session, cipher: SubjectCipher, categories: Iterable[str], since: datetime
+) -> tuple[list[PreferenceOut], Counter[str]]:
+    """Current preferences a view may use (category covered, recorded at or after ``since``, the
+    grant epoch), and the count of those left out by reason."""
+    allowed = list(categories)
+    kept, left_out = [], Counter[str]()
+    rows = session.scalars(
+        select(Preference)
+        .where(Preference.subject_id == cipher.subject_id, Preference.superseded_at.is_(None))
+        .order_by(Preference.key)
+    )
+    for r in rows:
+        if not covers(allowed, r.category):
+            left_out["category_not_in_policy"] += 1
+        elif r.recorded_at < since:
+            left_out["collected_before_consent"] += 1
+        else:
+            value = json.loads(cipher.decrypt(TABLE, "value", r.preference_id, r.value_ct))
+            kept.append(
+                PreferenceOut(key=r.key, value=value, category=r.category, source=r.source, declared_at=r.declared_at)
+            )
+    return kept, left_out

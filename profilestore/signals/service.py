@@ -11,6 +11,7 @@ two batches can't deadlock); SQLite serialises writers anyway.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,7 +22,9 @@ from sqlalchemy.orm import Session
 
 from profilestore.config import SignalSettings
 from profilestore.crypto.service import SubjectCipher, Vault
+from profilestore.purposes.rules import covers
 from profilestore.signals.models import Signal
+from profilestore.signals.types import Behaviour
 
 TABLE = "signals"
 MAX_VALUE_LENGTH = 200
@@ -261,3 +264,71 @@ def absorb(
             into.evidence += row.evidence
             into.last_seen = max(into.last_seen, row.last_seen)
         session.flush()
+
+
+@dataclass(frozen=True)
+class Permitted:
+    """What a view may count: categories its policy covers, evidence stamped at or after an epoch."""
+
+    categories: frozenset[str]
+    min_epoch: datetime
+
+    def admits(self, category: str, epoch: datetime) -> bool:
+        return epoch >= self.min_epoch and covers(self.categories, category)
+
+
+@dataclass
+class LeftOut:
+    """Evidence a view did not count, by dimension, category and reason (for ``explain``)."""
+
+    counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+
+
+def read(
+    session: Session,
+    cipher: SubjectCipher,
+    permitted: Permitted,
+    settings: SignalSettings,
+    now: datetime,
+    left_out: LeftOut | None = None,
+) -> list[Behaviour]:
+    """The subject's behavioural signals that ``permitted`` admits, summed across buckets and
+    decayed to ``now``: one indexed query by subject, one decryption per value."""
+    rows = session.execute(
+        select(
+            Signal.dimension,
+            Signal.value_index,
+            Signal.category,
+            Signal.epoch,
+            Signal.value_ct,
+            Signal.score,
+            Signal.score_at,
+            Signal.evidence,
+            Signal.last_seen,
+        ).where(Signal.subject_id == cipher.subject_id)
+    )
+    totals: dict[tuple[str, bytes], list[Any]] = {}
+    for r in rows:
+        if not permitted.admits(r.category, r.epoch):
+            if left_out is not None:
+                why = (
+                    "category_not_in_policy"
+                    if not covers(permitted.categories, r.category)
+                    else "collected_before_consent"
+                )
+                left_out.counts[(r.dimension, r.category, why)] += r.evidence
+            continue
+        score = decay(r.score, r.score_at, now, settings.half_life_days)
+        key = (r.dimension, bytes(r.value_index))
+        total = totals.get(key)
+        if total is None:
+            totals[key] = [r, score, r.evidence, r.last_seen]
+        else:
+            total[1] += score
+            total[2] += r.evidence
+            total[3] = max(total[3], r.last_seen)
+    result = []
+    for (dimension, index), (first, score, evidence, last_seen) in totals.items():
+        value = cipher.decrypt(TABLE, "value", row_key(dimension, index, first.category, first.epoch), first.value_ct)
+        result.append(Behaviour(dimension, value.decode(), score, evidence, last_seen))
+    return result

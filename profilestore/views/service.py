@@ -1,0 +1,201 @@
+"""Purpose-bound profile views: one purpose, exactly the data it may use, ranked.
+
+Rules (DESIGN.md, "Purpose before data"): the client must be allowed to read for the purpose; the
+subject's effective consent for it (or a legal basis that needs none) must be in force; only data
+whose category is in the purpose's policy, and only data collected during the grant now in force.
+An unknown subject and one who may not be personalised get the same default view; the reason is
+logged (and shown to privacy clients that ask to ``explain``), never returned to readers.
+Everything is read from the database on every call: a withdrawal shows on the very next read,
+whichever process serves it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from profilestore.audit.service import AccessRecorder
+from profilestore.auth.schemas import Role
+from profilestore.auth.service import Caller
+from profilestore.config import Settings
+from profilestore.consent import service as consent
+from profilestore.consent.service import EPOCH_ZERO
+from profilestore.crypto.service import Vault
+from profilestore.events import service as events
+from profilestore.identity import service as identity
+from profilestore.kit.errors import Forbidden, InvalidInput
+from profilestore.preferences import service as preferences
+from profilestore.purposes import service as purposes
+from profilestore.purposes.rules import ancestors
+from profilestore.signals import service as signals
+from profilestore.views import ranking
+from profilestore.views.schemas import (
+    ConsentSummary,
+    Explanation,
+    LeftOut,
+    RecentEvent,
+    SignalOut,
+    ViewOut,
+)
+
+SECTIONS = ("recent_events",)
+
+
+@dataclass(frozen=True)
+class ViewQuery:
+    purpose: str
+    include: frozenset[str]
+    explain: bool
+    recent_limit: int
+
+
+def query(settings: Settings, purpose: str, include: Sequence[str], explain: bool, limit: int | None) -> ViewQuery:
+    unknown = sorted(set(include) - set(SECTIONS))
+    if unknown:
+        raise InvalidInput(f"unknown section '{unknown[0]}'; known: {', '.join(SECTIONS)}", field="include")
+    limit = settings.views.recent_events_default if limit is None else limit
+    if not 1 <= limit <= settings.views.recent_events_max:
+        raise InvalidInput(f"limit must be between 1 and {settings.views.recent_events_max}", field="limit")
+    return ViewQuery(purpose, frozenset(include), explain, limit)
+
+
+def authorise(caller: Caller, q: ViewQuery) -> None:
+    """Readers read for their purposes (and the narrower purposes beneath them); explaining what
+    was left out is for privacy and admin clients only."""
+    if q.explain and caller.role not in (Role.privacy, Role.admin):
+        raise Forbidden("explain is for privacy and admin clients")
+    if caller.role is Role.reader and not set(ancestors(q.purpose)) & caller.purposes:
+        raise Forbidden(f"this client may not read for purpose '{q.purpose}'")
+
+
+def _default(settings: Settings, q: ViewQuery, reason: str, subject_id: str | None) -> ViewOut:
+    return ViewOut(
+        purpose=q.purpose,
+        subject_id=None,
+        personalised=False,
+        signals={},
+        preferences=[],
+        consent=ConsentSummary(in_force=False, basis=None, granted_since=None),
+        defaults=settings.views.defaults.get(q.purpose, {}),
+        recent_events=[] if "recent_events" in q.include else None,
+        explain=Explanation(reason=reason, left_out=[]) if q.explain else None,
+    )
+
+
+def build(
+    session: Session,
+    vault: Vault,
+    settings: Settings,
+    caller: Caller,
+    q: ViewQuery,
+    subject_ref: str | None,
+    recorder: AccessRecorder,
+    now: datetime,
+) -> ViewOut:
+    """The view of ``subject_ref`` (a subject id, or None for identifiers that matched nobody)."""
+    rules = purposes.rules(session, [q.purpose])
+    if q.purpose not in rules:
+        raise InvalidInput(f"unknown purpose '{q.purpose}'", field="purpose")
+    authorise(caller, q)
+    rule = rules[q.purpose]
+
+    view, subject_id = _view(session, vault, settings, q, rule, subject_ref, now)
+    sections = sorted(["signals", "preferences", *(s for s in q.include)] if view.personalised else ["default"])
+    recorder.record(
+        client_id=caller.client_id,
+        action="view.read",
+        subject_id=subject_id,
+        purpose=q.purpose,
+        detail={
+            "sections": sections,
+            "personalised": view.personalised,
+            "reason": view.explain.reason if view.explain else _reason(view),
+        },
+    )
+    return view
+
+
+def _reason(view: ViewOut) -> str:
+    return "personalised" if view.personalised else "default"
+
+
+def _view(
+    session: Session,
+    vault: Vault,
+    settings: Settings,
+    q: ViewQuery,
+    rule: purposes.PurposeRule,
+    subject_ref: str | None,
+    now: datetime,
+) -> tuple[ViewOut, str | None]:
+    found = identity.live_status(session, subject_ref) if subject_ref else None
+    if found is None:
+        return _default(settings, q, "unknown_subject", None), None
+    subject_id, status = found
+    if status == "restricted":
+        return _default(settings, q, "restricted", subject_id), subject_id
+    verdict = consent.effective_status(session, subject_id, rule, now)
+    if not verdict.in_force:
+        return _default(settings, q, f"consent_{verdict.status}", subject_id), subject_id
+
+    permitted = signals.Permitted(rule.categories, verdict.grant_epoch or EPOCH_ZERO)
+    cipher = vault.cipher(subject_id)
+    left = signals.LeftOut() if q.explain else None
+    behaviour = signals.read(session, cipher, permitted, settings.signals, now, left)
+    prefs, prefs_left = preferences.permitted(session, cipher, rule.categories, permitted.min_epoch)
+    ranked = ranking.rank(
+        behaviour,
+        _declarations(prefs, settings),
+        declared_weight=settings.views.declared_weight,
+        contradiction_min_evidence=settings.views.contradiction_min_evidence,
+        limit=settings.views.max_values_per_dimension,
+    )
+    recent = None
+    if "recent_events" in q.include:
+        recent = [RecentEvent(**e) for e in events.recent(session, cipher, permitted.admits, q.recent_limit)]
+    explanation = None
+    if q.explain:
+        assert left is not None
+        left_out = [
+            LeftOut(section="signals", dimension=d, category=c, reason=why, count=n)
+            for (d, c, why), n in sorted(left.counts.items())
+        ]
+        left_out += [
+            LeftOut(section="preferences", dimension=None, category=None, reason=why, count=n)
+            for why, n in sorted(prefs_left.items())
+        ]
+        explanation = Explanation(reason="personalised", left_out=left_out)
+    view = ViewOut(
+        purpose=q.purpose,
+        subject_id=subject_id,
+        personalised=True,
+        signals={dimension: [SignalOut(**vars(s)) for s in values] for dimension, values in ranked.items() if values},
+        preferences=prefs,
+        consent=ConsentSummary(
+            in_force=True,
+            basis="granted" if rule.needs_consent else rule.legal_basis,
+            granted_since=verdict.grant_started_at,
+        ),
+        defaults=settings.views.defaults.get(q.purpose, {}),
+        recent_events=recent,
+        explain=explanation,
+    )
+    return view, subject_id
+
+
+def _declarations(prefs: Sequence[preferences.PreferenceOut], settings: Settings) -> list[ranking.Declaration]:
+    """Declared preferences that speak to a dimension, as values comparable with behaviour."""
+    found = []
+    for pref in prefs:
+        dimension = settings.signals.preference_dimensions.get(pref.key)
+        if dimension is None:
+            continue
+        values = pref.value if isinstance(pref.value, list) else [pref.value]
+        for raw in values:
+            value = signals.normalise_value(raw)
+            if value:
+                found.append(ranking.Declaration(dimension, value, pref.declared_at))
+    return found
