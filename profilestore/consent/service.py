@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, select
@@ -341,31 +341,42 @@ def in_force(session: Session, subject_id: str, now: datetime | None = None) -> 
 EPOCH_ZERO = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-@dataclass(frozen=True)
+@dataclass
 class CollectionGate:
     """What may be collected for one subject right now, and the stamp to put on it."""
 
     purposes: tuple[PurposeRule, ...]
     epoch: datetime  # the subject's latest grant epoch: collected data is stamped with it
+    _allowing: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     def allowing(self, category: str) -> list[str]:
         """The purposes in force whose policy covers ``category`` (empty: do not collect)."""
-        return [rule.key for rule in self.purposes if rule.allows(category)]
+        found = self._allowing.get(category)
+        if found is None:
+            found = self._allowing[category] = [rule.key for rule in self.purposes if rule.allows(category)]
+        return found
 
 
 def collection_gates(session: Session, subject_ids: Sequence[str], now: datetime) -> dict[str, CollectionGate]:
-    """Gates for many subjects with two queries: their consent states and the purpose rules."""
+    """Gates for many subjects with two queries: their consent states and the purpose rules.
+
+    Only purposes whose policy allows something can let data in, so only they are evaluated.
+    """
     states: dict[str, dict[str, State]] = {sid: {} for sid in subject_ids}
     if subject_ids:
         for r in session.scalars(select(ConsentState).where(ConsentState.subject_id.in_(list(states)))):
             states[r.subject_id][r.purpose] = _state_of(r)
-    rules = purposes.rules(session)
+    candidates = [rule for rule in purposes.rules(session).values() if rule.categories]
+    without_consent = tuple(rule for rule in candidates if not rule.needs_consent)
     gates = {}
     for sid, subject_states in states.items():
+        if not subject_states:
+            gates[sid] = CollectionGate(without_consent, EPOCH_ZERO)
+            continue
         in_force = []
         epoch = EPOCH_ZERO
-        for key, rule in rules.items():
-            verdict = effective(key, rule.needs_consent, subject_states, now)
+        for rule in candidates:
+            verdict = effective(rule.key, rule.needs_consent, subject_states, now)
             if verdict.in_force:
                 in_force.append(rule)
                 if verdict.grant_epoch is not None:

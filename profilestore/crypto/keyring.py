@@ -77,6 +77,7 @@ class MasterKeyring:
         self._settings = settings
         self._lock = threading.Lock()
         self._keys: dict[str, bytes] = {}
+        self._aeads: dict[str, AESGCM] = {}
         self.current_id = ""
         self._load()
 
@@ -114,9 +115,12 @@ class MasterKeyring:
         return key_id in self._keys
 
     def _aead(self, key_id: str) -> AESGCM:
-        if not self.knows(key_id):
-            raise MasterKeyError(f"master key {key_id} is not known to this process")
-        return AESGCM(self._keys[key_id])
+        aead = self._aeads.get(key_id)
+        if aead is None:
+            if not self.knows(key_id):
+                raise MasterKeyError(f"master key {key_id} is not known to this process")
+            aead = self._aeads[key_id] = AESGCM(self._keys[key_id])
+        return aead
 
     def wrap(self, master_id: str, purpose: bytes, secret: bytes) -> bytes:
         nonce = secrets.token_bytes(12)

@@ -30,6 +30,7 @@ from profilestore.kit.errors import Unavailable
 from profilestore.kit.time import utcnow
 
 VERSION = b"\x01"
+MIN_CIPHERTEXT = 1 + 16 + 12 + 16  # version, key id, nonce, tag (an empty plaintext)
 INDEX_ROOT_PURPOSE = b"blind-index-root"
 
 
@@ -49,28 +50,36 @@ class SubjectCipher:
     subject_id: str
     primary_key_id: str
     keys: dict[str, bytes] = field(repr=False)
+    _aeads: dict[str, AESGCM] = field(default_factory=dict, repr=False)
+
+    def _aead(self, key_id: str) -> AESGCM | None:
+        aead = self._aeads.get(key_id)
+        if aead is None and key_id in self.keys:
+            aead = self._aeads[key_id] = AESGCM(self.keys[key_id])
+        return aead
 
     def encrypt(self, table: str, column: str, row_key: str, plaintext: bytes) -> bytes:
         nonce = secrets.token_bytes(12)
-        aead = AESGCM(self.keys[self.primary_key_id])
+        aead = self._aead(self.primary_key_id)
+        assert aead is not None
         sealed = aead.encrypt(nonce, plaintext, _associated_data(table, column, self.subject_id, row_key))
         return VERSION + bytes.fromhex(self.primary_key_id) + nonce + sealed
 
     def as_subject(self, subject_id: str) -> SubjectCipher:
         """The same keys, bound to another subject id: for rows that keep the id of a subject that
         was merged into this one (ledger records never move)."""
-        return SubjectCipher(subject_id, self.primary_key_id, self.keys)
+        return SubjectCipher(subject_id, self.primary_key_id, self.keys, self._aeads)
 
     def decrypt(self, table: str, column: str, row_key: str, blob: bytes) -> bytes:
         if blob[:1] != VERSION:
             raise DecryptionError("unknown ciphertext version")
-        key = self.keys.get(blob[1:17].hex())
-        if key is None:
+        if len(blob) < MIN_CIPHERTEXT:
+            raise DecryptionError("ciphertext is truncated")
+        aead = self._aead(blob[1:17].hex())
+        if aead is None:
             raise DecryptionError("the data key is not held by this subject (shredded or foreign)")
         try:
-            return AESGCM(key).decrypt(
-                blob[17:29], blob[29:], _associated_data(table, column, self.subject_id, row_key)
-            )
+            return aead.decrypt(blob[17:29], blob[29:], _associated_data(table, column, self.subject_id, row_key))
         except InvalidTag as exc:
             raise DecryptionError("ciphertext does not belong to this row") from exc
 
@@ -182,7 +191,11 @@ class Vault:
         keys: dict[str, dict[str, bytes]] = {sid: {} for sid in lineages}
         primary: dict[str, str] = {}
         with self.keystore.transaction(write=False) as session:
-            rows = session.scalars(select(DataKey).where(DataKey.subject_id.in_(sorted(owner)))).all()
+            rows = session.execute(
+                select(
+                    DataKey.key_id, DataKey.subject_id, DataKey.is_primary, DataKey.master_key_id, DataKey.wrapped_key
+                ).where(DataKey.subject_id.in_(sorted(owner)))
+            ).all()
         for row in rows:
             sid = owner[row.subject_id]
             keys[sid][row.key_id] = self.keyring.unwrap(row.master_key_id, row.key_id.encode(), row.wrapped_key)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 
 KEY_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 
 
-def ancestors(key: str) -> list[str]:
-    """``key`` and every key above it, most specific first: a.b.c → [a.b.c, a.b, a]."""
+@lru_cache(maxsize=8192)
+def ancestors(key: str) -> tuple[str, ...]:
+    """``key`` and every key above it, most specific first: a.b.c → (a.b.c, a.b, a)."""
     parts = key.split(".")
-    return [".".join(parts[:end]) for end in range(len(parts), 0, -1)]
+    return tuple(".".join(parts[:end]) for end in range(len(parts), 0, -1))
 
 
 def parent_of(key: str) -> str | None:

@@ -11,6 +11,7 @@ two batches can't deadlock); SQLite serialises writers anyway.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ def normalise_value(value: Any) -> str | None:
 
 
 def price_band(price: Any, bands: list[float]) -> str | None:
-    if isinstance(price, bool) or not isinstance(price, int | float) or price < 0:
+    if isinstance(price, bool) or not isinstance(price, int | float) or not math.isfinite(price) or price < 0:
         return None
     lower = 0.0
     for upper in bands:
