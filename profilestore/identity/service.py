@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -134,9 +134,16 @@ def resolve(
     missing = {kind: v for kind, v in indexes.items() if v[1] not in owners}
     if missing:
         _attach(session, resolution.cipher(vault), survivor, missing)
-        # Another transaction may have claimed one of them meanwhile (PostgreSQL): merge with it.
+        # Another transaction may have claimed one of them meanwhile (PostgreSQL): resolve again,
+        # which merges with it. A subject created here that ended up owning nothing goes.
         late = set(_owners(session, [ix for _, ix in missing.values()]).values()) - {survivor}
         if late:
+            if (
+                created
+                and not session.scalars(select(Identifier.blind_index).where(Identifier.subject_id == survivor)).first()
+            ):
+                session.execute(delete(Subject).where(Subject.id == survivor))
+                vault.shred([survivor])
             return resolve(session, vault, settings, identifiers, client_id=client_id, create=create)
     return resolution
 

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from profilestore import metrics
+from profilestore.crypto.keyring import MasterKeyError
 from profilestore.kit.errors import DomainError
 
 log = logging.getLogger("profilestore.http")
@@ -135,6 +136,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(MasterKeyError)
+    async def _master_key(request: Request, exc: MasterKeyError) -> JSONResponse:
+        log.error("master key problem (request %s): %s", getattr(request.state, "request_id", None), exc)
+        return JSONResponse(
+            error_body(
+                "unavailable", "this process does not hold the master key protecting this data; nothing was written"
+            ),
+            503,
+        )
 
     @app.exception_handler(SQLAlchemyError)
     async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:

@@ -66,8 +66,9 @@ def claim(session: Session, client_id: str, key: str | None, fingerprint: str) -
             created_at=utcnow(),
         )
         .on_conflict_do_nothing()
-    )
-    if claimed.rowcount == 1:  # type: ignore[attr-defined]
+        .returning(IdempotencyKey.key)  # rowcount is not reliable here across drivers; RETURNING is
+    ).first()
+    if claimed is not None:
         return None
     stored = session.scalars(
         select(IdempotencyKey).where(IdempotencyKey.client_id == client_id, IdempotencyKey.key == key)
