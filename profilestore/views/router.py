@@ -8,7 +8,6 @@ from fastapi import APIRouter, Query
 
 from profilestore.auth.dependencies import ViewReader
 from profilestore.deps import ReadSession, RecorderDep, SettingsDep, VaultDep
-from profilestore.identity import service as identity
 from profilestore.kit.time import utcnow
 from profilestore.views import service
 from profilestore.views.schemas import ViewIn, ViewOut
@@ -49,5 +48,5 @@ def post_view(
     q = service.query(settings, body.purpose, body.include, body.explain, None)
     subject_ref = body.subject_id
     if body.identifiers is not None:
-        subject_ref = identity.find(session, vault, settings, body.identifiers.present())
+        subject_ref = service.subject_for(session, vault, settings, body.identifiers.present())
     return service.build(session, vault, settings, caller, q, subject_ref, recorder, utcnow())

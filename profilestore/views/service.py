@@ -26,7 +26,7 @@ from profilestore.consent.service import EPOCH_ZERO
 from profilestore.crypto.service import Vault
 from profilestore.events import service as events
 from profilestore.identity import service as identity
-from profilestore.kit.errors import Forbidden, InvalidInput
+from profilestore.kit.errors import Conflict, Forbidden, InvalidInput
 from profilestore.preferences import service as preferences
 from profilestore.purposes import service as purposes
 from profilestore.purposes.rules import ancestors
@@ -60,6 +60,15 @@ def query(settings: Settings, purpose: str, include: Sequence[str], explain: boo
     if not 1 <= limit <= settings.views.recent_events_max:
         raise InvalidInput(f"limit must be between 1 and {settings.views.recent_events_max}", field="limit")
     return ViewQuery(purpose, frozenset(include), explain, limit)
+
+
+def subject_for(session: Session, vault: Vault, settings: Settings, identifiers: dict[str, str]) -> str | None:
+    """The subject a reader's identifiers name, or None. Identifiers of two different people are
+    treated as naming nobody: an error would tell the reader that both exist."""
+    try:
+        return identity.find(session, vault, settings, identifiers)
+    except Conflict:
+        return None
 
 
 def authorise(caller: Caller, q: ViewQuery) -> None:
