@@ -9,6 +9,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -169,11 +170,14 @@ def consent_body(
     *,
     email: str | None = "ada@example.com",
     purposes: dict[str, str] | None = None,
-    collected_at: str = "2026-01-15T10:00:00Z",
+    collected_at: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """A valid consent post; override any part."""
     identifiers = extra.pop("identifiers", {"email": email} if email else {"anonymous_id": "anon-1"})
+    if collected_at is None:
+        # An hour ago: recent enough that a default grant is never expired, whatever today is.
+        collected_at = (datetime.now(UTC) - timedelta(hours=1)).isoformat().replace("+00:00", "Z")
     body: dict[str, Any] = {
         "identifiers": identifiers,
         "consents": [

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import ip_address
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from profilestore.identity.schemas import Identifiers
 
@@ -35,8 +35,18 @@ class Evidence(_In):
     """How the consent was collected. Stored encrypted; the IP is truncated first (/24, /48)."""
 
     user_agent: str | None = Field(default=None, max_length=1000)
-    ip: IPv4Address | IPv6Address | None = None
+    ip: str | None = Field(default=None, max_length=64, description="IPv4 or IPv6; truncated before storing")
     locale: str | None = Field(default=None, max_length=35)
+
+    @field_validator("ip")
+    @classmethod
+    def _an_ip_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ip_address(value.strip()))
+        except ValueError:
+            raise ValueError("not a valid IPv4 or IPv6 address") from None
 
 
 class ConsentIn(_In):

@@ -76,9 +76,11 @@ def prepare(session: Session, settings: Settings, body: ConsentIn, *, gpc: bool,
     return PreparedConsent(body, purposes.rules(session, [*keys, *gpc_purposes]), gpc_purposes)
 
 
-def _truncate_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> str | None:
-    if ip is None:
+def _truncate_ip(text: str | None) -> str | None:
+    """Keep the network, not the host: /24 of an IPv4 address, /48 of an IPv6 one."""
+    if text is None:
         return None
+    ip = ipaddress.ip_address(text)
     prefix = 24 if ip.version == 4 else 48
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
 

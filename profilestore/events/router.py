@@ -6,9 +6,8 @@ from fastapi import APIRouter
 
 from profilestore.auth.dependencies import Collector
 from profilestore.deps import SettingsDep, VaultDep, WriteSession
-from profilestore.events import service
+from profilestore.events import intake, service
 from profilestore.events.schemas import EventsAccepted, EventsIn
-from profilestore.identity import service as identity
 from profilestore.kit.time import utcnow
 
 router = APIRouter(tags=["events"])
@@ -34,21 +33,5 @@ def post_events(
         for e in body.events
     ]
     service.validate(session, settings, incoming, now=now)
-    known = identity.resolve_known(
-        session,
-        vault,
-        settings,
-        [e.identifiers for e in incoming],
-        client_id=caller.client_id,
-        field_prefix="events.{index}.",
-    )
-    report = service.ingest(
-        session,
-        vault,
-        settings,
-        incoming,
-        [(k.subject_id, k.status) if k else None for k in known],
-        client_id=caller.client_id,
-        now=now,
-    )
+    report = intake.ingest(session, vault, settings, incoming, client_id=caller.client_id, now=now)
     return EventsAccepted(accepted=report.accepted, duplicates=report.duplicates, dropped=dict(report.dropped))

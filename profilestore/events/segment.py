@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
@@ -30,6 +31,7 @@ from profilestore.config import Settings
 from profilestore.consent import service as consent
 from profilestore.consent.schemas import Evidence
 from profilestore.crypto.service import Vault
+from profilestore.events import intake
 from profilestore.events import service as events
 from profilestore.events.segment_schemas import SegmentContext, SegmentMessage
 from profilestore.identity import service as identity
@@ -52,7 +54,7 @@ def event_type(message: SegmentMessage, index: int) -> str:
     name = _NOT_WORD.sub("_", message.event.strip().lower()).strip("_")
     if not name:
         raise InvalidInput("the event name has no letters or digits", field=f"batch.{index}.event")
-    return name if name[0].isalpha() else f"e_{name}"[:100]
+    return (name if name[0].isalpha() else f"e_{name}")[:100]
 
 
 def identifiers_of(message: SegmentMessage, settings: Settings) -> dict[str, str]:
@@ -62,11 +64,18 @@ def identifiers_of(message: SegmentMessage, settings: Settings) -> dict[str, str
     if message.anonymousId:
         found["anonymous_id"] = message.anonymousId
     if message.type == "identify":
+        traits = traits_of(message)
         for trait, kind in settings.segment.identifier_traits.items():
-            value = (message.traits or {}).get(trait)
+            value = traits.get(trait)
             if isinstance(value, str) and value.strip():
                 found[kind] = value
     return found
+
+
+def traits_of(message: SegmentMessage) -> dict[str, Any]:
+    """Identify traits: RudderStack's SDK sends them in ``context.traits``, Segment's at the top."""
+    from_context = getattr(message.context, "traits", None) if message.context else None
+    return {**(from_context if isinstance(from_context, dict) else {}), **(message.traits or {})}
 
 
 def _when(message: SegmentMessage, now: datetime) -> datetime:
@@ -76,12 +85,12 @@ def _when(message: SegmentMessage, now: datetime) -> datetime:
 def _evidence(context: SegmentContext | None) -> Evidence | None:
     if context is None:
         return None
-    ip = None
-    if context.ip:
+    ip = context.ip
+    if ip:
         try:
-            ip = ipaddress.ip_address(context.ip)
+            ipaddress.ip_address(ip)
         except ValueError:
-            ip = None
+            ip = None  # an SDK's context is best effort: a bad IP is left out, not refused
     return Evidence(user_agent=context.userAgent, ip=ip, locale=context.locale)
 
 
@@ -102,7 +111,7 @@ def consent_decisions(context: SegmentContext | None, settings: Settings) -> lis
 def _trait_preferences(message: SegmentMessage, settings: Settings) -> list[PreferenceItem]:
     items = []
     for trait, target in settings.segment.trait_map.items():
-        value = (message.traits or {}).get(trait)
+        value = traits_of(message).get(trait)
         if value is None:
             continue
         try:
@@ -171,18 +180,12 @@ def process(
     plan = _validate(session, settings, batch, now)
     for _, message, ids in plan.people:
         _apply_person(session, vault, settings, message, ids, client_id=client_id, gpc=gpc, now=now)
-    known = identity.resolve_known(session, vault, settings, [e.identifiers for e in plan.events], client_id=client_id)
     if gpc:
+        known = identity.lookup_known(session, vault, settings, [e.identifiers for e in plan.events])
         for subject_id in sorted({k.subject_id for k in known if k}):
             _record_consent(session, vault, settings, subject_id, [], now, None, client_id, gpc=True)
-    return events.ingest(
-        session,
-        vault,
-        settings,
-        plan.events,
-        [(k.subject_id, k.status) if k else None for k in known],
-        client_id=client_id,
-        now=now,
+    return intake.ingest(
+        session, vault, settings, plan.events, client_id=client_id, now=now, field_prefix="batch.{index}."
     )
 
 

@@ -68,7 +68,7 @@ def validate(
     latest = now + timedelta(seconds=settings.clock_skew_seconds)
     for index, event in enumerate(events):
         prefix = field_prefix.format(index=index)
-        size = len(json.dumps(event.properties, separators=(",", ":"), default=str))
+        size = len(json.dumps(event.properties, separators=(",", ":"), ensure_ascii=False, default=str).encode())
         if size > limits.max_event_bytes:
             raise PayloadTooLarge(
                 f"event properties are {size} bytes; the limit is {limits.max_event_bytes}", field=f"{prefix}properties"
@@ -88,25 +88,29 @@ def default_category(settings: Settings, event_type: str) -> str:
     return settings.events.default_categories.get(event_type, settings.events.fallback_category)
 
 
-def ingest(
+@dataclass
+class Admission:
+    """A batch after the consent gate: what may be stored, and what was dropped and why."""
+
+    report: IngestReport
+    admitted: list[tuple[int, str, list[str]]]  # (event index, subject id, purposes that allow it)
+    gates: dict[str, consent.CollectionGate]
+
+
+def admit(
     session: Session,
-    vault: Vault,
-    settings: Settings,
     events: Sequence[IncomingEvent],
     subjects: Sequence[tuple[str, str] | None],
     *,
-    client_id: str,
     now: datetime,
-) -> IngestReport:
-    """Store the events that may be collected. ``subjects[i]`` is (subject id, status) of
-    ``events[i]``, or None when nobody with consent has those identifiers."""
+) -> Admission:
+    """Apply the consent gate. ``subjects[i]`` is (subject id, status) of ``events[i]``, or None
+    when nobody known has those identifiers. Writes nothing."""
     report = IngestReport()
-    subject_ids = sorted({s[0] for s in subjects if s})
-    gates = consent.collection_gates(session, subject_ids, now)
-
-    admitted: list[tuple[IncomingEvent, str, list[str]]] = []
+    gates = consent.collection_gates(session, sorted({s[0] for s in subjects if s}), now)
+    admitted: list[tuple[int, str, list[str]]] = []
     seen: set[str] = set()
-    for event, subject in zip(events, subjects, strict=True):
+    for index, (event, subject) in enumerate(zip(events, subjects, strict=True)):
         if subject is None:
             report.dropped["no_consent"] += 1
             continue
@@ -122,18 +126,33 @@ def ingest(
             report.duplicates += 1
             continue
         seen.add(event.message_id)
-        admitted.append((event, subject_id, allowed))
+        admitted.append((index, subject_id, allowed))
+    return Admission(report, admitted, gates)
 
-    fresh = _claim_message_ids(session, client_id, admitted, now)
-    ciphers = vault.ciphers({sid: () for sid in {sid for _, sid, _ in admitted}}) if admitted else {}
+
+def store(
+    session: Session,
+    vault: Vault,
+    settings: Settings,
+    events: Sequence[IncomingEvent],
+    admission: Admission,
+    *,
+    client_id: str,
+    now: datetime,
+) -> IngestReport:
+    """Store the admitted events (once per message id), encrypted, and fold them into signals."""
+    report = admission.report
+    chosen = [(events[i], sid, allowed) for i, sid, allowed in admission.admitted]
+    fresh = _claim_message_ids(session, client_id, chosen, now)
+    ciphers = vault.ciphers({sid: () for sid in {sid for _, sid, _ in chosen}}) if chosen else {}
     rows = []
     writer = signals.SignalWriter(vault, settings.signals, now)
-    for event, subject_id, allowed in admitted:
+    for event, subject_id, allowed in chosen:
         event_id = fresh.get(event.message_id)
         if event_id is None:
             report.duplicates += 1
             continue
-        epoch = gates[subject_id].epoch
+        epoch = admission.gates[subject_id].epoch
         rows.append(
             {
                 "subject_id": subject_id,

@@ -150,49 +150,53 @@ def resolve(
 
 @dataclass(frozen=True)
 class Known:
-    """A subject that identifiers resolved to, and its status (active or restricted)."""
+    """Who a set of identifiers names, found without writing anything.
+
+    ``complete`` is false when some identifiers are new or they span two subjects: linking them
+    (``link``) would write. ``subject_id`` is then the subject a link would keep (the oldest).
+    """
 
     subject_id: str
     status: str
+    complete: bool
 
 
-def resolve_known(
+def lookup_known(
     session: Session,
     vault: Vault,
     settings: Settings,
     identifier_sets: list[dict[str, str]],
     *,
-    client_id: str | None,
     field_prefix: str = "",
 ) -> list[Known | None]:
-    """Resolve many identifier sets without creating anyone: an event batch's people.
+    """Resolve many identifier sets (an event batch's people) with two queries and no writes.
+    Every set is validated first; None where no identifier is known."""
+    indexed = [
+        [ix for _, ix in _indexes(vault, settings, ids, field_prefix.format(index=i)).values()]
+        for i, ids in enumerate(identifier_sets)
+    ]
+    owners = _owners(session, sorted({ix for one in indexed for ix in one}))
+    rows = session.execute(
+        select(Subject.id, Subject.status, Subject.created_at).where(Subject.id.in_(set(owners.values())))
+    )
+    subjects = {r.id: r for r in rows}
+    found: list[Known | None] = []
+    for wanted in indexed:
+        mine = {owners[ix] for ix in wanted if ix in owners}
+        if not mine:
+            found.append(None)
+            continue
+        oldest = min(mine, key=lambda sid: (subjects[sid].created_at, sid))
+        complete = len(mine) == 1 and all(ix in owners for ix in wanted)
+        found.append(Known(oldest, subjects[oldest].status, complete))
+    return found
 
-    Every set is validated before anything is written. The common case (all identifiers known,
-    one subject) costs one query for the whole batch; a set that adds identifiers or spans two
-    subjects goes through ``resolve`` (attach, merge).
-    """
-    indexed = [_indexes(vault, settings, ids, field_prefix.format(index=i)) for i, ids in enumerate(identifier_sets)]
-    owners = _owners(session, sorted({ix for one in indexed for _, ix in one.values()}))
-    results: list[str | None] = []
-    merged = False
-    for ids, one in zip(identifier_sets, indexed, strict=True):
-        wanted = [ix for _, ix in one.values()]
-        found = {owners[ix] for ix in wanted if ix in owners}
-        if not found:
-            results.append(None)
-        elif len(found) == 1 and len(wanted) == sum(ix in owners for ix in wanted):
-            results.append(found.pop())
-        else:
-            resolution = resolve(session, vault, settings, ids, client_id=client_id, create=False)
-            assert resolution is not None
-            results.append(resolution.subject_id)
-            merged = merged or bool(resolution.merged)
-            owners.update(_owners(session, sorted(owners)))  # a merge re-pointed identifiers
-    # A merge later in the batch may have folded a subject resolved earlier: follow it.
-    live = {sid: (current(session, sid) or sid) if merged else sid for sid in {r for r in results if r}}
-    rows = session.execute(select(Subject.id, Subject.status).where(Subject.id.in_(set(live.values()))))
-    statuses: dict[str, str] = {sid: status for sid, status in rows}
-    return [Known(live[r], statuses[live[r]]) if r else None for r in results]
+
+def link(
+    session: Session, vault: Vault, settings: Settings, identifiers: dict[str, str], *, client_id: str | None
+) -> None:
+    """Attach new identifiers to their subject, merging subjects they show to be one person."""
+    resolve(session, vault, settings, identifiers, client_id=client_id, create=False)
 
 
 def _create_subject(session: Session, vault: Vault) -> str:

@@ -16,6 +16,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, String, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from profilestore.db import Base
@@ -67,11 +69,13 @@ class ChainWriter:
 
     def __init__(self, session: Session, name: str) -> None:
         self._session = session
-        head = session.scalars(select(ChainHead).where(ChainHead.name == name).with_for_update()).one_or_none()
-        if head is None:
-            head = ChainHead(name=name, seq=0, hash=GENESIS, updated_at=utcnow())
-            session.add(head)
-        self._head = head
+        # Create the head on the chain's first append. Racing first appends (PostgreSQL) must not
+        # fail on its primary key: insert-or-ignore, then lock whichever row won.
+        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        session.execute(
+            insert(ChainHead).values(name=name, seq=0, hash=GENESIS, updated_at=utcnow()).on_conflict_do_nothing()
+        )
+        self._head = session.scalars(select(ChainHead).where(ChainHead.name == name).with_for_update()).one()
 
     def append(self, content: dict[str, Any]) -> Link:
         prev = self._head.hash

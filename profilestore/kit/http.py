@@ -74,7 +74,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(limit)
             return message
 
         try:
@@ -94,16 +94,27 @@ class RequestContextMiddleware:
         await response({"type": "http"}, _empty_receive, send)
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised while a handler reads the body. An HTTPException, because FastAPI turns anything
+    else raised during body parsing into a 400."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body is larger than {limit} bytes")
 
 
 async def _empty_receive() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
-def _field_of(loc: tuple[Any, ...]) -> str | None:
+_PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+
+
+def _field_of(loc: tuple[Any, ...], kind: str = "") -> str | None:
+    if kind == "json_invalid":
+        return "body"  # its location is a character offset, not a field
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    if kind == "extra_forbidden" and parts and not _PLAIN_NAME.match(parts[-1]):
+        parts = parts[:-1]  # an unknown key is the client's text (it could be an email): don't echo it
     return ".".join(parts) or (str(loc[0]) if loc else None)
 
 
@@ -129,13 +140,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        field = _field_of(tuple(first.get("loc", ())))
+        field = _field_of(tuple(first.get("loc", ())), str(first.get("type", "")))
         return JSONResponse(error_body("invalid", _validation_message(first), field), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        field = "body" if exc.status_code == 413 else None
+        return JSONResponse(error_body(code, str(exc.detail), field), exc.status_code, headers=exc.headers)
 
     @app.exception_handler(MasterKeyError)
     async def _master_key(request: Request, exc: MasterKeyError) -> JSONResponse:

@@ -1,0 +1,221 @@
+"""HTTP plumbing every route shares: one error shape, request ids, the body size limit, and
+validation messages that never repeat what was sent."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+from fastapi.testclient import TestClient
+
+from profilestore.app import create_app
+from profilestore.runtime import Runtime
+from tests.conftest import Keys, consent_body, row_counts
+
+EMAIL = "ada.lovelace@example.com"
+
+
+def _assert_error_shape(answer: Any, status: int, code: str) -> dict[str, Any]:
+    assert answer.status_code == status, answer.text
+    body = answer.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message", "field"}
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert answer.headers["x-request-id"]
+    return dict(body["error"])
+
+
+def test_every_error_has_the_same_shape(api: TestClient, keys: Keys) -> None:
+    _assert_error_shape(api.get("/v1/nowhere", headers=keys.header("admin")), 404, "not_found")
+
+    not_allowed = api.patch("/v1/consents", headers=keys.header("collector"), json={})
+    _assert_error_shape(not_allowed, 405, "method_not_allowed")
+    assert not_allowed.headers["allow"] == "POST"
+
+    invalid = api.post("/v1/consents", headers=keys.header("collector"), json=consent_body(source=""))
+    assert _assert_error_shape(invalid, 422, "invalid")["field"] == "source"
+
+    unauthenticated = api.post("/v1/consents", json=consent_body())
+    _assert_error_shape(unauthenticated, 401, "unauthenticated")
+    assert unauthenticated.headers["www-authenticate"] == "Bearer"
+
+
+def _without_notice() -> dict[str, Any]:
+    body = consent_body()
+    del body["notice"]
+    return body
+
+
+def test_an_invalid_body_is_a_422_naming_the_field_and_the_problem(api: TestClient, keys: Keys) -> None:
+    for body, field, message in [
+        (_without_notice(), "notice", "field required"),
+        (consent_body(colour="red"), "colour", "unknown field"),
+        (consent_body(collected_at="2026-01-15T10:00:00"), "collected_at", "time zone"),
+        (b'{"identifiers": ', None, "body is not valid JSON"),
+    ]:
+        if isinstance(body, bytes):
+            headers = {**keys.header("collector"), "Content-Type": "application/json"}
+            answer = api.post("/v1/consents", headers=headers, content=body)
+        else:
+            answer = api.post("/v1/consents", headers=keys.header("collector"), json=body)
+        error = _assert_error_shape(answer, 422, "invalid")
+        assert message in error["message"], error
+        if field is not None:
+            assert error["field"] == field, error
+
+
+# -- request ids -----------------------------------------------------------------------------------
+
+
+def test_a_well_formed_request_id_is_echoed(api: TestClient) -> None:
+    for incoming in ["abc12345-trace", "0af7651916cd43dd8448eb211c80319c", "a.b_c-d.e_f-g.h", "x" * 64]:
+        for path in ("/healthz", "/v1/nowhere"):
+            assert api.get(path, headers={"X-Request-Id": incoming}).headers["x-request-id"] == incoming
+
+
+def test_a_malformed_request_id_is_replaced(api: TestClient) -> None:
+    malformed = ["has spaces in it", "x" * 65, "short", "semi;colon;id", 'quote"d-request-id', "ümlaut-request-id", ""]
+    for incoming in malformed:
+        answer = api.get("/healthz", headers={"X-Request-Id": incoming.encode()})
+        assert answer.headers["x-request-id"] != incoming
+        assert len(answer.headers["x-request-id"]) == 32
+        assert answer.headers.get_list("x-request-id") == [answer.headers["x-request-id"]], "exactly one request id"
+
+
+def test_every_request_gets_its_own_id(api: TestClient) -> None:
+    ids = {api.get("/healthz").headers["x-request-id"] for _ in range(5)}
+    assert len(ids) == 5
+
+
+# -- body size -------------------------------------------------------------------------------------
+
+
+def test_a_body_declared_too_large_is_a_413_and_writes_nothing(api: TestClient, keys: Keys, runtime: Runtime) -> None:
+    before = row_counts(runtime)
+    limit = runtime.settings.max_body_bytes
+    big = consent_body(source="s" * (limit + 1))
+    answer = api.post("/v1/consents", headers=keys.header("collector"), json=big)
+    error = _assert_error_shape(answer, 413, "payload_too_large")
+    assert error["field"] == "body"
+    assert row_counts(runtime) == before
+
+
+def test_a_streamed_body_over_the_limit_is_a_413_without_content_length(
+    api: TestClient, keys: Keys, runtime: Runtime
+) -> None:
+    before = row_counts(runtime)
+    limit = runtime.settings.max_body_bytes
+    chunk = b" " * 65_536
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"source": "'
+        for _ in range(limit // len(chunk) + 2):
+            yield chunk
+        yield b'"}'
+
+    answer = api.post(
+        "/v1/consents",
+        headers={**keys.header("collector"), "Content-Type": "application/json"},
+        content=chunks(),
+    )
+    assert "content-length" not in answer.request.headers
+    assert answer.request.headers["transfer-encoding"] == "chunked"
+    _assert_error_shape(answer, 413, "payload_too_large")
+    assert row_counts(runtime) == before
+
+
+def test_a_body_sent_in_many_chunks_over_the_limit_is_a_413(runtime: Runtime, keys: Keys) -> None:
+    """The same over the raw ASGI interface, as a server delivers a chunked upload: many
+    ``http.request`` messages, no Content-Length."""
+    limit = runtime.settings.max_body_bytes
+    chunk = b" " * 65_536
+    messages = [{"type": "http.request", "body": b'{"source": "', "more_body": True}]
+    messages += [{"type": "http.request", "body": chunk, "more_body": True}] * (limit // len(chunk) + 2)
+    messages += [{"type": "http.request", "body": b'"}', "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/consents",
+        "raw_path": b"/v1/consents",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"transfer-encoding", b"chunked"),
+            (b"authorization", f"Bearer {keys.collector}".encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    anyio.run(create_app(runtime=runtime), scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert start["status"] == 413, body
+    assert json.loads(body)["error"]["code"] == "payload_too_large"
+
+
+def test_a_body_at_the_limit_is_read(api: TestClient, keys: Keys, runtime: Runtime) -> None:
+    limit = runtime.settings.max_body_bytes
+    body = b'{"identifiers": {"anonymous_id": "a"}}'
+    padded = body + b" " * (limit - len(body))
+    answer = api.post(
+        "/v1/subjects/resolve", headers={**keys.header("privacy"), "Content-Type": "application/json"}, content=padded
+    )
+    assert answer.status_code == 404, answer.text  # read and answered: no such subject
+
+
+# -- no echo ---------------------------------------------------------------------------------------
+
+
+NO_ECHO_CASES: list[tuple[list[str | int], Any]] = [
+    (["collected_at"], EMAIL),
+    (["collected_at"], [EMAIL]),
+    (["evidence", "ip"], EMAIL),
+    (["evidence", "locale"], {"value": EMAIL}),
+    (["evidence", "user_agent"], [EMAIL]),
+    (["notice", "version"], EMAIL),
+    (["notice"], EMAIL),
+    (["consents", 0, "status"], EMAIL),
+    (["consents", 0, "purpose"], [EMAIL]),
+    (["consents"], {"value": EMAIL}),
+    (["identifiers", "email"], [EMAIL]),
+    (["identifiers", "phone"], {"value": EMAIL}),
+    (["identifiers"], EMAIL),
+    (["source"], EMAIL * 10),
+]
+
+
+def test_a_validation_error_never_echoes_the_submitted_value(api: TestClient, keys: Keys) -> None:
+    for path, wrong in NO_ECHO_CASES:
+        body = consent_body(email="someone.else@example.org")
+        target: Any = body
+        for step in path[:-1]:
+            target = target[step]
+        target[path[-1]] = wrong
+        answer = api.post("/v1/consents", headers=keys.header("collector"), json=body)
+        assert answer.status_code == 422, (path, answer.text)
+        assert answer.json()["error"]["field"].startswith(".".join(str(p) for p in path)), (path, answer.text)
+        assert "ada.lovelace" not in answer.text, path
+        assert "someone.else" not in answer.text, path
+
+
+def test_a_client_creation_error_never_echoes_the_submitted_value(api: TestClient, keys: Keys) -> None:
+    answer = api.post("/v1/clients", headers=keys.header("admin"), json={"name": "x", "role": EMAIL})
+    assert answer.status_code == 422
+    assert answer.json()["error"]["field"] == "role"
+    assert EMAIL not in answer.text

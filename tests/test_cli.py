@@ -1,0 +1,165 @@
+"""The ``profilestore`` command, run in-process against the test databases."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+from typer.testing import CliRunner, Result
+
+from profilestore.app import create_app
+from profilestore.cli import app
+from profilestore.config import Settings
+from profilestore.runtime import Runtime
+from tests.conftest import row_counts
+
+
+@pytest.fixture
+def cli(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """A runner whose environment points at the test store (and nothing else of the caller's)."""
+    settings: Settings = runtime.settings
+    for name in list(os.environ):
+        if name.startswith("PROFILESTORE_"):
+            monkeypatch.delenv(name)
+    assert settings.master_key is not None
+    return CliRunner(
+        env={
+            "PROFILESTORE_DATA_DIR": str(settings.data_dir),
+            "PROFILESTORE_DATABASE_URL": settings.resolved_database_url,
+            "PROFILESTORE_KEYSTORE_URL": settings.resolved_keystore_url,
+            "PROFILESTORE_MASTER_KEY": settings.master_key.get_secret_value(),
+        }
+    )
+
+
+def run(cli: CliRunner, *args: str) -> Result:
+    return cli.invoke(app, list(args))
+
+
+def test_clients_create_json_prints_exactly_the_id_and_a_working_key(cli: CliRunner, runtime: Runtime) -> None:
+    result = run(
+        cli, "clients", "create", "--name", "engine", "--role", "reader", "--purpose", "personalize.content", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert set(printed) == {"client_id", "key"}
+    assert printed["client_id"].startswith("cli_") and printed["key"].startswith("psk_")
+
+    with TestClient(create_app(runtime=runtime)) as client:
+        headers = {"Authorization": f"Bearer {printed['key']}"}
+        assert client.get("/v1/purposes", headers=headers).status_code == 200
+        assert client.get("/v1/clients", headers=headers).status_code == 403, "the key is a reader's"
+        admin = run(cli, "clients", "create", "--name", "ops", "--role", "admin", "--json")
+        listed = client.get("/v1/clients", headers={"Authorization": f"Bearer {json.loads(admin.stdout)['key']}"})
+    mine = [c for c in listed.json() if c["client_id"] == printed["client_id"]]
+    assert mine and mine[0]["role"] == "reader" and mine[0]["purposes"] == ["personalize.content"]
+
+
+def test_clients_create_without_json_prints_the_key(cli: CliRunner, runtime: Runtime) -> None:
+    result = run(cli, "clients", "create", "--name", "tracker", "--role", "collector")
+    assert result.exit_code == 0, result.output
+    key = result.stdout.strip().splitlines()[-1]
+    assert key.startswith("psk_")
+    with TestClient(create_app(runtime=runtime)) as client:
+        assert client.get("/v1/purposes", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+def test_clients_create_refuses_an_unknown_role(cli: CliRunner, runtime: Runtime) -> None:
+    before = row_counts(runtime)
+    result = run(cli, "clients", "create", "--name", "x", "--role", "superuser")
+    assert result.exit_code != 0
+    assert "role" in result.stderr
+    assert "psk_" not in result.output
+    assert row_counts(runtime) == before
+
+
+def test_clients_create_refuses_a_reader_without_purpose(cli: CliRunner, runtime: Runtime) -> None:
+    before = row_counts(runtime)
+    result = run(cli, "clients", "create", "--name", "engine", "--role", "reader")
+    assert result.exit_code != 0
+    assert "purpose" in result.stderr
+    assert row_counts(runtime) == before
+
+
+def test_clients_list_never_prints_keys(cli: CliRunner) -> None:
+    created = json.loads(run(cli, "clients", "create", "--name", "tracker-7", "--role", "collector", "--json").stdout)
+    result = run(cli, "clients", "list")
+    assert result.exit_code == 0, result.output
+    assert created["client_id"] in result.stdout and "tracker-7" in result.stdout
+    assert created["key"] not in result.output
+    assert created["key"][12:] not in result.output
+
+
+def test_clients_revoke_ends_a_key(cli: CliRunner, runtime: Runtime) -> None:
+    created = json.loads(run(cli, "clients", "create", "--name", "tracker", "--role", "collector", "--json").stdout)
+    assert run(cli, "clients", "revoke", created["client_id"]).exit_code == 0
+    with TestClient(create_app(runtime=runtime)) as client:
+        assert client.get("/v1/purposes", headers={"Authorization": f"Bearer {created['key']}"}).status_code == 401
+    assert "revoked" in run(cli, "clients", "list").stdout
+    assert run(cli, "clients", "revoke", "cli_nobody").exit_code != 0
+
+
+def test_purposes_set_creates_a_custom_purpose_under_its_parent(cli: CliRunner, runtime: Runtime) -> None:
+    result = run(
+        cli, "purposes", "set", "personalize.newsletter", "--name", "Newsletter", "--category", "user.behavior"
+    )
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed["key"] == "personalize.newsletter"
+    assert printed["parent"] == "personalize"
+    assert printed["categories"] == ["user.behavior"]
+    assert printed["is_default"] is False
+    with runtime.db.engine.connect() as conn:
+        stored = conn.execute(text("SELECT parent, name FROM purposes WHERE key = 'personalize.newsletter'")).one()
+    assert tuple(stored) == ("personalize", "Newsletter")
+
+
+def test_purposes_set_keeps_unspecified_options(cli: CliRunner) -> None:
+    run(cli, "purposes", "set", "personalize.newsletter", "--name", "Newsletter", "--category", "user.behavior")
+    result = run(cli, "purposes", "set", "personalize.newsletter", "--retention-days", "30")
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert (printed["name"], printed["categories"], printed["retention_days"]) == ("Newsletter", ["user.behavior"], 30)
+
+
+def test_purposes_set_refuses_an_unknown_parent(cli: CliRunner, runtime: Runtime) -> None:
+    before = row_counts(runtime)
+    result = run(cli, "purposes", "set", "nope.child", "--name", "Child")
+    assert result.exit_code != 0
+    assert "nope" in result.stderr and "parent" in result.stderr
+    assert row_counts(runtime) == before
+
+
+def test_purposes_set_refuses_an_unknown_category(cli: CliRunner, runtime: Runtime) -> None:
+    before = row_counts(runtime)
+    result = run(cli, "purposes", "set", "personalize.newsletter", "--category", "user.nope")
+    assert result.exit_code != 0
+    assert "user.nope" in result.stderr
+    assert row_counts(runtime) == before
+
+
+def test_purposes_list_includes_the_fideslang_defaults(cli: CliRunner) -> None:
+    result = run(cli, "purposes", "list")
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.strip()}
+    assert "marketing.communications.email" in lines
+    assert lines["essential.legal_obligation"][1] == "legal_obligation"
+    assert lines["personalize.content.profiling"][1] == "consent"
+
+
+def test_migrate_is_idempotent(cli: CliRunner, runtime: Runtime) -> None:
+    before = row_counts(runtime)
+    for _ in range(2):
+        result = run(cli, "migrate")
+        assert result.exit_code == 0, result.output
+        assert "migrated" in result.stdout
+    assert row_counts(runtime) == before
+
+
+def test_ledger_verify_passes_on_an_empty_ledger(cli: CliRunner) -> None:
+    result = run(cli, "ledger", "verify")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"ok": True, "records": 0, "first_bad": None}
