@@ -76,6 +76,7 @@ class AccessRecorder:
         self._max_batch = max_batch
         self._pending: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        self._writing = threading.Lock()  # one flush at a time: a flush returns only when written
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -102,7 +103,12 @@ class AccessRecorder:
                 logger.exception("access log flush failed; entries kept for the next try")
 
     def flush(self) -> int:
-        """Write every pending entry in one transaction; on failure they stay pending."""
+        """Write every pending entry in one transaction; on failure they stay pending. Waits for
+        a flush already under way, so whatever was recorded before the call is written after it."""
+        with self._writing:
+            return self._flush()
+
+    def _flush(self) -> int:
         with self._lock:
             batch, self._pending = self._pending, []
         if not batch:

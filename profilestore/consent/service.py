@@ -281,6 +281,13 @@ def _recompute(
             if previous is not None and previous.grant_started_at == state.grant_started_at and previous.grant_epoch:
                 epoch = previous.grant_epoch
                 break
+        else:
+            if existing is None and not inherited:
+                # A first own grant to a purpose already in force through its parent continues that
+                # grant: what was collected under the parent's grant stays usable for the child.
+                above = effective(purpose, True, _states(session, subject_id), now)
+                if above.in_force and above.grant_epoch is not None:
+                    epoch = above.grant_epoch
     if existing is None:
         existing = ConsentState(subject_id=subject_id, purpose=purpose)
         session.add(existing)

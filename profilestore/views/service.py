@@ -26,7 +26,7 @@ from profilestore.consent.service import EPOCH_ZERO
 from profilestore.crypto.service import Vault
 from profilestore.events import service as events
 from profilestore.identity import service as identity
-from profilestore.kit.errors import Conflict, Forbidden, InvalidInput
+from profilestore.kit.errors import Forbidden, InvalidInput
 from profilestore.preferences import service as preferences
 from profilestore.purposes import service as purposes
 from profilestore.purposes.rules import ancestors
@@ -63,12 +63,12 @@ def query(settings: Settings, purpose: str, include: Sequence[str], explain: boo
 
 
 def subject_for(session: Session, vault: Vault, settings: Settings, identifiers: dict[str, str]) -> str | None:
-    """The subject a reader's identifiers name, or None. Identifiers of two different people are
-    treated as naming nobody: an error would tell the reader that both exist."""
-    try:
-        return identity.find(session, vault, settings, identifiers)
-    except Conflict:
-        return None
+    """The subject a reader's identifiers name, or None. Only identifiers that are all known and
+    all name the same person name anyone: otherwise a reader holding one person's cookie could
+    test whether any email is in the store by the answer it gets (and no error may tell it that
+    two people exist)."""
+    found = identity.lookup_known(session, vault, settings, [identifiers], field_prefix="")[0]
+    return found.subject_id if found is not None and found.complete else None
 
 
 def authorise(caller: Caller, q: ViewQuery) -> None:
@@ -111,24 +111,17 @@ def build(
     authorise(caller, q)
     rule = rules[q.purpose]
 
-    view, subject_id = _view(session, vault, settings, q, rule, subject_ref, now)
-    sections = sorted(["signals", "preferences", *(s for s in q.include)] if view.personalised else ["default"])
+    view, subject_id, reason = _view(session, vault, settings, q, rule, subject_ref, now)
+    sections = sorted(["signals", "preferences", *q.include] if view.personalised else ["default"])
+    # The reason a view is (not) personalised is logged on every read; readers never see it.
     recorder.record(
         client_id=caller.client_id,
         action="view.read",
         subject_id=subject_id,
         purpose=q.purpose,
-        detail={
-            "sections": sections,
-            "personalised": view.personalised,
-            "reason": view.explain.reason if view.explain else _reason(view),
-        },
+        detail={"sections": sections, "personalised": view.personalised, "reason": reason},
     )
     return view
-
-
-def _reason(view: ViewOut) -> str:
-    return "personalised" if view.personalised else "default"
 
 
 def _view(
@@ -139,16 +132,18 @@ def _view(
     rule: purposes.PurposeRule,
     subject_ref: str | None,
     now: datetime,
-) -> tuple[ViewOut, str | None]:
+) -> tuple[ViewOut, str | None, str]:
+    """The view, the subject it is of (None if unknown), and why it is (not) personalised."""
     found = identity.live_status(session, subject_ref) if subject_ref else None
     if found is None:
-        return _default(settings, q, "unknown_subject", None), None
+        return _default(settings, q, "unknown_subject", None), None, "unknown_subject"
     subject_id, status = found
     if status == "restricted":
-        return _default(settings, q, "restricted", subject_id), subject_id
+        return _default(settings, q, "restricted", subject_id), subject_id, "restricted"
     verdict = consent.effective_status(session, subject_id, rule, now)
     if not verdict.in_force:
-        return _default(settings, q, f"consent_{verdict.status}", subject_id), subject_id
+        reason = f"consent_{verdict.status}"
+        return _default(settings, q, reason, subject_id), subject_id, reason
 
     permitted = signals.Permitted(rule.categories, verdict.grant_epoch or EPOCH_ZERO)
     cipher = vault.cipher(subject_id)
@@ -192,7 +187,7 @@ def _view(
         recent_events=recent,
         explain=explanation,
     )
-    return view, subject_id
+    return view, subject_id, "personalised"
 
 
 def _declarations(prefs: Sequence[preferences.PreferenceOut], settings: Settings) -> list[ranking.Declaration]:

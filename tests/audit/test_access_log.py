@@ -1,0 +1,304 @@
+"""The access log of view reads: every read is recorded (client, purpose, subject, sections) by the
+batching AccessRecorder, listed to privacy clients, kept through a clean shutdown, and chained so
+that an edited entry is found."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select, text
+
+from profilestore.app import create_app
+from profilestore.audit.models import AccessLogEntry
+from profilestore.audit.service import CHAIN, _content
+from profilestore.auth.service import authenticate
+from profilestore.config import Settings
+from profilestore.kit.chain import Verification, verify_chain
+from profilestore.runtime import Runtime
+from tests.conftest import NOTICE, NOTICE_PURPOSES, Keys
+from tests.views.support import VIEW_PURPOSE, Store, get_view, view
+
+UNKNOWN_ID = "sub_0000000000000000000000"
+
+
+def _publish_notice(client: TestClient, keys: Keys) -> None:
+    answer = client.post(
+        "/v1/notices",
+        headers=keys.header("admin"),
+        json={**NOTICE, "text": "We personalise what you see.", "purposes": NOTICE_PURPOSES},
+    )
+    assert answer.status_code == 201, answer.text
+
+
+def _quiet_runtime(runtime: Runtime) -> Runtime:
+    """A second runtime on the same databases whose recorder never flushes on its own (within a
+    test): only ``flush()`` and ``close()`` write what it buffered."""
+    settings: Settings = runtime.settings
+    views = settings.views.model_copy(update={"audit_flush_seconds": 3600.0})
+    return Runtime.from_settings(settings.model_copy(update={"views": views}))
+
+
+@dataclass
+class Quiet:
+    client: TestClient
+    runtime: Runtime
+
+
+@pytest.fixture
+def quiet(runtime: Runtime, keys: Keys) -> Iterator[Quiet]:
+    quiet_runtime = _quiet_runtime(runtime)
+    try:
+        with TestClient(create_app(runtime=quiet_runtime)) as client:
+            _publish_notice(client, keys)
+            yield Quiet(client, quiet_runtime)
+    finally:
+        quiet_runtime.close()
+
+
+def _client_id(runtime: Runtime, key: str) -> str:
+    with runtime.db.transaction(write=False) as session:
+        caller = authenticate(session, key)
+    assert caller is not None
+    return caller.client_id
+
+
+def _view_reads(runtime: Runtime) -> list[dict[str, Any]]:
+    with runtime.db.transaction(write=False) as session:
+        rows = session.scalars(
+            select(AccessLogEntry).where(AccessLogEntry.action == "view.read").order_by(AccessLogEntry.seq)
+        )
+        return [
+            {"client_id": e.client_id, "subject_id": e.subject_id, "purpose": e.purpose, "detail": e.detail}
+            for e in rows
+        ]
+
+
+def _count_view_reads(runtime: Runtime) -> int:
+    with runtime.db.engine.connect() as conn:
+        return int(conn.execute(text("SELECT COUNT(*) FROM access_log WHERE action = 'view.read'")).scalar_one())
+
+
+def _verify(runtime: Runtime) -> Verification:
+    with runtime.db.transaction(write=False) as session:
+        rows = session.scalars(select(AccessLogEntry).order_by(AccessLogEntry.seq)).all()
+        entries = [(e.entry_id, e.seq, e.prev_hash, e.hash, _content(e)) for e in rows]
+        return verify_chain(session, CHAIN, entries)
+
+
+def _audit(client: TestClient, keys: Keys, subject: str, role: str = "privacy") -> list[dict[str, Any]]:
+    answer = client.get("/v1/audit", headers=keys.header(role), params={"subject_id": subject})
+    assert answer.status_code == 200, answer.text
+    entries: list[dict[str, Any]] = answer.json()
+    return entries
+
+
+def test_every_view_read_is_listed_with_client_purpose_and_sections(quiet: Quiet, keys: Keys, runtime: Runtime) -> None:
+    api = quiet.client
+    ada = Store(api, keys, {"email": "ada@example.com"})
+    subject = ada.consent({"personalize": "granted"})
+    ada.events(2, {"category": "Golf"})
+    other = Store(api, keys, {"email": "bob@example.com"}).consent({"personalize": "granted"})
+
+    view(api, keys, subject)
+    posted = api.post(
+        "/v1/views",
+        headers=keys.header("reader"),
+        json={"purpose": VIEW_PURPOSE, "identifiers": ada.identifiers, "include": ["recent_events"]},
+    )
+    assert posted.status_code == 200
+    assert get_view(api, keys.header("privacy"), subject, "personalize", explain="true").status_code == 200
+    view(api, keys, other)
+    assert _count_view_reads(runtime) == 0  # buffered, not yet written
+
+    entries = [e for e in _audit(api, keys, subject) if e["action"] == "view.read"]
+
+    reader, privacy = _client_id(runtime, keys.reader), _client_id(runtime, keys.privacy)
+    assert [(e["client_id"], e["subject_id"], e["purpose"], e["detail"]["sections"]) for e in entries] == [
+        (reader, subject, VIEW_PURPOSE, ["preferences", "signals"]),
+        (reader, subject, VIEW_PURPOSE, ["preferences", "recent_events", "signals"]),
+        (privacy, subject, "personalize", ["preferences", "signals"]),
+    ]
+    assert all(e["detail"]["personalised"] is True for e in entries)
+    assert _count_view_reads(runtime) == 4  # the audit call flushed every buffered read
+    assert "golf" not in str(_view_reads(runtime)).lower()
+
+
+def test_a_default_read_is_logged_with_its_reason(quiet: Quiet, keys: Keys, runtime: Runtime) -> None:
+    """The reason a view was a default is never told to the reader, but it is logged."""
+    api = quiet.client
+    ada = Store(api, keys)
+    subject = ada.consent({"personalize": "granted"})
+    ada.consent({"personalize": "withdrawn"})
+
+    view(api, keys, subject)
+
+    entries = [e for e in _audit(api, keys, subject) if e["action"] == "view.read"]
+    assert len(entries) == 1
+    assert entries[0]["detail"]["sections"] == ["default"]
+    assert entries[0]["detail"]["personalised"] is False
+    assert entries[0]["detail"]["reason"] == "consent_withdrawn"
+
+
+def test_the_audit_is_for_privacy_and_admin_clients(quiet: Quiet, keys: Keys) -> None:
+    api = quiet.client
+    subject = Store(api, keys).consent({"personalize": "granted"})
+    view(api, keys, subject)
+    for role in ("reader", "collector"):
+        answer = api.get("/v1/audit", headers=keys.header(role), params={"subject_id": subject})
+        assert answer.status_code == 403, answer.text
+    assert [e["action"] for e in _audit(api, keys, subject, "admin") if e["action"] == "view.read"] == ["view.read"]
+
+
+def test_a_clean_shutdown_writes_every_buffered_read(runtime: Runtime, keys: Keys) -> None:
+    quiet_runtime = _quiet_runtime(runtime)
+    reads = 25
+    try:
+        with TestClient(create_app(runtime=quiet_runtime)) as client:
+            _publish_notice(client, keys)
+            subject = Store(client, keys).consent({"personalize": "granted"})
+            for i in range(reads):
+                target = subject if i % 2 else UNKNOWN_ID
+                assert get_view(client, keys.header("reader"), target).status_code == 200
+            assert _count_view_reads(runtime) == 0
+        # leaving the client ran the app's shutdown
+        assert _count_view_reads(runtime) == reads
+    finally:
+        quiet_runtime.close()
+    assert _count_view_reads(runtime) == reads
+    assert _verify(runtime).ok
+
+
+def test_reads_of_unknown_subjects_are_logged_without_a_subject_or_identifier(
+    api: TestClient, keys: Keys, runtime: Runtime
+) -> None:
+    get_view(api, keys.header("reader"), UNKNOWN_ID)
+    api.post(
+        "/v1/views",
+        headers=keys.header("reader"),
+        json={"purpose": VIEW_PURPOSE, "identifiers": {"email": "probe@example.com"}},
+    )
+    runtime.recorder.close()  # joins the background flusher, then writes what is left
+
+    reads = _view_reads(runtime)
+
+    reader = _client_id(runtime, keys.reader)
+    assert [(r["client_id"], r["subject_id"], r["purpose"]) for r in reads] == [(reader, None, VIEW_PURPOSE)] * 2
+    assert all(r["detail"]["sections"] == ["default"] for r in reads)
+    with runtime.db.engine.connect() as conn:
+        everything = str(conn.execute(text("SELECT * FROM access_log")).all())
+    assert "probe@example.com" not in everything
+    assert UNKNOWN_ID not in everything
+
+
+def test_the_audit_lists_reads_of_every_subject_merged_into_one(quiet: Quiet, keys: Keys) -> None:
+    api = quiet.client
+    visitor = Store(api, keys, {"anonymous_id": "cookie-1"})
+    anonymous = visitor.consent({"personalize": "granted"})
+    member = Store(api, keys, {"email": "ada@example.com"})
+    known = member.consent({"personalize": "granted"})
+    view(api, keys, anonymous)
+    view(api, keys, known)
+    survivor = Store(api, keys, {"anonymous_id": "cookie-1", "email": "ada@example.com"}).consent(
+        {"personalize": "granted"}
+    )
+
+    entries = [e for e in _audit(api, keys, survivor) if e["action"] == "view.read"]
+
+    assert sorted(e["subject_id"] for e in entries) == sorted([anonymous, known])
+
+
+def test_the_access_log_chain_verifies_and_finds_an_edited_entry(api: TestClient, keys: Keys, runtime: Runtime) -> None:
+    ada = Store(api, keys)
+    subject = ada.consent({"personalize": "granted"})
+    for _ in range(3):
+        view(api, keys, subject)
+    ada.consent({"personalize": "withdrawn"})  # privacy-relevant writes share the chain
+    view(api, keys, subject)
+    get_view(api, keys.header("reader"), UNKNOWN_ID)
+    runtime.recorder.close()  # joins the background flusher, then writes what is left
+
+    verified = _verify(runtime)
+    with runtime.db.engine.connect() as conn:
+        total = conn.execute(text("SELECT COUNT(*) FROM access_log")).scalar_one()
+        target = conn.execute(text("SELECT seq FROM access_log WHERE action = 'view.read' ORDER BY seq")).first()
+    assert verified.ok, verified.first_bad
+    assert verified.records == total >= 5
+    assert target is not None
+
+    with runtime.db.engine.begin() as conn:
+        conn.execute(text("UPDATE access_log SET purpose = 'marketing' WHERE seq = :seq"), {"seq": target.seq})
+    tampered = _verify(runtime)
+    assert not tampered.ok
+    assert tampered.first_bad is not None and tampered.first_bad["seq"] == target.seq
+
+
+def test_concurrent_reads_and_consent_changes_keep_one_unbroken_chain(
+    api: TestClient, keys: Keys, runtime: Runtime
+) -> None:
+    people = [Store(api, keys, {"email": f"p{i}@example.com"}) for i in range(3)]
+    subjects = [p.consent({"personalize": "granted"}) for p in people]
+    reads_per_thread, failures = 8, []
+
+    def reader(subject: str) -> None:
+        for _ in range(reads_per_thread):
+            answer = get_view(api, keys.header("reader"), subject)
+            if answer.status_code != 200:
+                failures.append(answer.text)
+
+    def changer(person: Store) -> None:
+        for status in ("withdrawn", "granted", "withdrawn", "granted"):
+            person.consent({"personalize": status})
+
+    threads = [threading.Thread(target=reader, args=(s,)) for s in subjects]
+    threads += [threading.Thread(target=changer, args=(people[0],))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    runtime.recorder.close()  # joins the background flusher, then writes the rest
+
+    assert failures == []
+    assert _count_view_reads(runtime) == reads_per_thread * len(subjects)
+    assert _verify(runtime).ok
+
+
+def test_the_audit_includes_a_read_the_background_flusher_is_still_writing(
+    api: TestClient, keys: Keys, runtime: Runtime
+) -> None:
+    """The audit flushes this process's buffered reads first, so every read answered before the
+    audit call is listed, even one whose batch the background flusher has taken but not yet
+    committed (here: it waits for the access chain, held by another writer for a moment)."""
+    subject = Store(api, keys).consent({"personalize": "granted"})  # creates the access chain's head
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_access_chain() -> None:
+        with runtime.db.transaction() as session:
+            # SQLite: the first statement takes the write lock (BEGIN IMMEDIATE); PostgreSQL: the row lock
+            lock = "" if runtime.db.is_sqlite else " FOR UPDATE"
+            session.execute(text(f"SELECT seq FROM chain_heads WHERE name = 'access'{lock}"))
+            locked.set()
+            release.wait(timeout=3)
+            session.rollback()
+
+    holder = threading.Thread(target=hold_the_access_chain)
+    holder.start()
+    try:
+        assert locked.wait(timeout=10)
+        view(api, keys, subject)
+        time.sleep(3 * runtime.settings.views.audit_flush_seconds)  # the flusher has taken the read by now
+        timer = threading.Timer(1.0, release.set)  # lets a flush that waits for the writer finish
+        timer.start()
+        entries = _audit(api, keys, subject)
+    finally:
+        release.set()
+        holder.join()
+
+    assert [e["action"] for e in entries].count("view.read") == 1
+    runtime.recorder.close()
+    assert [e["action"] for e in _audit(api, keys, subject)].count("view.read") == 1  # it was never lost
