@@ -9,7 +9,6 @@ import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +124,7 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
 
 
 READER_PURPOSES = ["personalize.content"]
+DEFAULT_COLLECTED_AT = "2026-01-15T10:00:00Z"
 NOTICE = {"key": "signup", "version": 1}
 NOTICE_PURPOSES = ["personalize", "marketing", "analytics", "third_party_sharing"]
 
@@ -176,8 +176,9 @@ def consent_body(
     """A valid consent post; override any part."""
     identifiers = extra.pop("identifiers", {"email": email} if email else {"anonymous_id": "anon-1"})
     if collected_at is None:
-        # An hour ago: recent enough that a default grant is never expired, whatever today is.
-        collected_at = (datetime.now(UTC) - timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+        # A fixed day, so that a retried body is the same body and tests can place other decisions
+        # before or after it. Known limit: default grants expire 395 days later (2027-02-13).
+        collected_at = DEFAULT_COLLECTED_AT
     body: dict[str, Any] = {
         "identifiers": identifiers,
         "consents": [
