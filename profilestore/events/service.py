@@ -28,6 +28,7 @@ from profilestore.crypto.service import SubjectCipher, Vault
 from profilestore.events.models import Event, EventReceipt
 from profilestore.kit.errors import InvalidInput, PayloadTooLarge
 from profilestore.kit.ids import new_id
+from profilestore.kit.moving import move_subject_rows
 from profilestore.purposes import service as purposes
 from profilestore.signals import service as signals
 
@@ -217,27 +218,7 @@ def _count(report: IngestReport) -> None:
 
 def absorb(session: Session, source: SubjectCipher, target: SubjectCipher) -> None:
     """Merge: the merged subject's events move to the survivor, re-encrypted under its key."""
-    moving = session.scalars(select(Event).where(Event.subject_id == source.subject_id)).all()
-    for row in moving:
-        properties = source.decrypt(TABLE, "properties", row.event_id, row.properties_ct)
-        session.delete(row)
-        session.flush()
-        session.add(
-            Event(
-                subject_id=target.subject_id,
-                occurred_at=row.occurred_at,
-                event_id=row.event_id,
-                client_id=row.client_id,
-                message_id=row.message_id,
-                type=row.type,
-                category=row.category,
-                received_at=row.received_at,
-                epoch=row.epoch,
-                purposes=row.purposes,
-                properties_ct=target.encrypt(TABLE, "properties", row.event_id, properties),
-            )
-        )
-    session.flush()
+    move_subject_rows(session, Event, source, target, table=TABLE, column="properties_ct", row_key=lambda e: e.event_id)
     receipts = session.scalars(select(EventReceipt).where(EventReceipt.subject_id == source.subject_id)).all()
     for receipt in receipts:
         receipt.subject_id = target.subject_id

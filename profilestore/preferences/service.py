@@ -16,6 +16,7 @@ from profilestore.config import Settings
 from profilestore.crypto.service import SubjectCipher
 from profilestore.kit.errors import InvalidInput
 from profilestore.kit.ids import new_id
+from profilestore.kit.moving import move_subject_rows
 from profilestore.kit.time import utcnow
 from profilestore.preferences.models import Preference
 from profilestore.preferences.schemas import PreferenceItem, PreferenceOut, PreferencesIn, PreferencesStored
@@ -130,26 +131,9 @@ def current(session: Session, cipher: SubjectCipher) -> list[PreferenceOut]:
 def absorb(session: Session, source: SubjectCipher, target: SubjectCipher) -> None:
     """Merge: move the merged subject's preferences to the survivor, re-encrypted under its key;
     per key, the declaration made last stays current."""
-    moving = session.scalars(select(Preference).where(Preference.subject_id == source.subject_id)).all()
-    for row in moving:
-        value = source.decrypt(TABLE, "value", row.preference_id, row.value_ct)
-        session.delete(row)
-        session.flush()
-        session.add(
-            Preference(
-                subject_id=target.subject_id,
-                preference_id=row.preference_id,
-                key=row.key,
-                category=row.category,
-                value_ct=target.encrypt(TABLE, "value", row.preference_id, value),
-                source=row.source,
-                declared_at=row.declared_at,
-                recorded_at=row.recorded_at,
-                superseded_at=row.superseded_at,
-                client_id=row.client_id,
-            )
-        )
-    session.flush()
+    move_subject_rows(
+        session, Preference, source, target, table=TABLE, column="value_ct", row_key=lambda p: p.preference_id
+    )
     currents = session.scalars(
         select(Preference)
         .where(Preference.subject_id == target.subject_id, Preference.superseded_at.is_(None))
