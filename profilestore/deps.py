@@ -25,15 +25,8 @@ def get_runtime(request: Request) -> Runtime:
 
 
 def _write_session(request: Request) -> Iterator[Session]:
-    session = get_runtime(request).db.write_session()
-    try:
+    with get_runtime(request).db.transaction() as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 def _read_session(request: Request) -> Iterator[Session]:
