@@ -173,6 +173,8 @@ def _gpc_decisions(
 ) -> list[tuple[str, str, str]]:
     """Withdrawals a ``Sec-GPC: 1`` signal adds: for each sale/sharing or targeted-advertising
     purpose, unless it is already out of force (and not being granted in this same request)."""
+    if not gpc_purposes:
+        return []
     current = _states(session, subject_id)
     added = []
     for key in gpc_purposes:
