@@ -262,10 +262,19 @@ def purge(data_dir: DataDir = None) -> None:
     typer.echo(json.dumps(report.as_dict()))
 
 
+BENCHMARKS = {"consent": "consent_bench.py", "events": "events_bench.py", "views": "views_bench.py"}
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def bench(ctx: typer.Context) -> None:
-    """Run the consent benchmark of bench/ (see bench/README.md; --help for its options)."""
-    script = Path(__file__).resolve().parent.parent / "bench" / "consent_bench.py"
+def bench(
+    ctx: typer.Context,
+    which: Annotated[str, typer.Argument(help="consent, events or views")] = "consent",
+) -> None:
+    """Run a benchmark of bench/ (see bench/README.md; add --help after the name for its options)."""
+    if which not in BENCHMARKS:
+        typer.echo(f"unknown benchmark '{which}'; choose one of {', '.join(BENCHMARKS)}", err=True)
+        raise typer.Exit(2)
+    script = Path(__file__).resolve().parent.parent / "bench" / BENCHMARKS[which]
     if not script.is_file():
         typer.echo("bench/ is part of the source tree: run from a checkout", err=True)
         raise typer.Exit(2)
