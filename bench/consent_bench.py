@@ -11,7 +11,7 @@
    database of the same kind, one transaction per post, with the same concurrency: no HTTP, no
    crypto, no validation, no reads. The floor the product's write path stands on.
 
-Run: ``.venv/bin/profilestore bench --posts 2000`` or ``python bench/consent_bench.py --help``.
+Run: ``.venv/bin/profilestore bench consent --posts 2000`` or ``python bench/consent_bench.py --help``.
 """
 
 from __future__ import annotations
@@ -630,7 +630,7 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="profilestore bench",
+        prog="profilestore bench consent",
         description="Consent posts per second and latency over HTTP, against the bare SQL insert of the same rows.",
     )
     parser.add_argument("--posts", type=int, default=2000, help="consent posts to time (default 2000)")
