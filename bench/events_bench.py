@@ -863,7 +863,7 @@ def targets(backend: str, http: dict[str, Any]) -> list[str]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="events_bench.py",
+        prog="profilestore bench events",
         description="Batched event ingest over HTTP (events/s, batch latency), against the bare Core insert "
         "of the same encrypted rows.",
     )

@@ -518,7 +518,7 @@ def targets(results: Sequence[dict[str, Any]], ratios: dict[str, dict[str, float
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="views_bench.py",
+        prog="profilestore bench views",
         description="View latency (in-process and HTTP) and views/s for subjects with 10, 1,000 and 10,000 events, "
         "beside a bare FastAPI primary-key lookup.",
     )
