@@ -672,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("profilestore.crypto").setLevel(logging.ERROR)
 
     load_before = [round(x, 2) for x in os.getloadavg()]
-    if load_before[0] > 0.5:
+    if load_before[0] > 1.0:
         print(f"note: the machine is busy (load average {load_before[0]}): figures will be low", file=sys.stderr)
     total = args.warmup + args.posts
     started = datetime.now(UTC)
