@@ -16,6 +16,7 @@ from profilestore.events.router import router as events_router
 from profilestore.events.segment_router import SINGLE_CALLS
 from profilestore.events.segment_router import router as segment_router
 from profilestore.identity.router import router as subjects_router
+from profilestore.kit import memory
 from profilestore.kit.http import RequestContextMiddleware, install_error_handlers
 from profilestore.preferences.router import router as preferences_router
 from profilestore.purposes.router import router as purposes_router
@@ -23,13 +24,17 @@ from profilestore.runtime import Runtime
 from profilestore.views.router import router as views_router
 
 
-def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
-    """Build the app. Databases are expected to be migrated (``profilestore serve`` does it)."""
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None, *, tune_gc: bool = False) -> FastAPI:
+    """Build the app. Databases are expected to be migrated (``profilestore serve`` does it).
+    ``tune_gc`` sets the process's garbage collector up for serving (see ``kit/memory.py``): for
+    the server process, not for a test suite that builds many apps."""
     runtime = runtime or Runtime.from_settings(settings or Settings())
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         runtime.recorder.start()
+        if tune_gc:
+            memory.settle()
         try:
             yield
         finally:
@@ -44,15 +49,16 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     app.state.runtime = runtime
     install_error_handlers(app)
+    # The hot routes first: a request is matched against the routes in this order.
     for router in (
-        health.router,
-        consent_router,
+        views_router,
         events_router,
         segment_router,
+        health.router,
+        consent_router,
         preferences_router,
         subjects_router,
         purposes_router,
-        views_router,
         audit_router,
         clients_router,
     ):
@@ -68,3 +74,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         },
     )
     return app
+
+
+def create_served_app() -> FastAPI:
+    """The app as each process of ``profilestore serve --workers N`` builds it (settings from the
+    environment)."""
+    return create_app(tune_gc=True)

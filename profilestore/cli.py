@@ -20,10 +20,12 @@ clients_app = typer.Typer(help="API clients and their keys.", no_args_is_help=Tr
 purposes_app = typer.Typer(help="Purposes, their legal basis, retention and policy.", no_args_is_help=True)
 keys_app = typer.Typer(help="Master and data keys.", no_args_is_help=True)
 ledger_app = typer.Typer(help="The consent ledger.", no_args_is_help=True)
+signals_app = typer.Typer(help="Signals, the scores views are made of.", no_args_is_help=True)
 app.add_typer(clients_app, name="clients")
 app.add_typer(purposes_app, name="purposes")
 app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(signals_app, name="signals")
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Folder of the embedded databases and key")]
 
@@ -56,6 +58,9 @@ def _fail(exc: Exception) -> typer.Exit:
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000)")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Server processes (default 1; about one per CPU core in production)")
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Migrate both databases, then serve the API (OpenAPI docs at /docs)."""
@@ -65,13 +70,23 @@ def serve(
 
     runtime = _ready(data_dir)
     settings = runtime.settings
-    uvicorn.run(
-        create_app(runtime=runtime),
-        host=host or settings.host,
-        port=port or settings.port,
-        log_level=settings.log_level,
-        proxy_headers=False,
-    )
+    workers = workers or settings.workers
+    options = {
+        "host": host or settings.host,
+        "port": port or settings.port,
+        "log_level": settings.log_level,
+        "proxy_headers": False,
+        # uvicorn's access log prints client IP addresses and paths with subject ids: personal
+        # data in logs. Requests are counted and timed in /metrics instead.
+        "access_log": False,
+    }
+    if workers == 1:
+        uvicorn.run(create_app(runtime=runtime, tune_gc=True), **options)  # type: ignore[arg-type]
+        return
+    # Each worker process builds its own runtime from the same settings (the environment, which
+    # --data-dir has set): no process keeps state another one needs.
+    runtime.close()
+    uvicorn.run("profilestore.app:create_served_app", factory=True, workers=workers, **options)  # type: ignore[arg-type]
 
 
 @app.command()
@@ -260,6 +275,24 @@ def purge(data_dir: DataDir = None) -> None:
         subjects = retention.subjects_with_events(session)
     report = retention.purge(runtime.db.transaction, runtime.vault, runtime.settings, utcnow(), subjects)
     typer.echo(json.dumps(report.as_dict()))
+
+
+@signals_app.command("rebuild")
+def signals_rebuild(data_dir: DataDir = None) -> None:
+    """Recompute every subject's signals from its stored events: after an upgrade whose notes ask
+    for it, or after changing the SIGNALS__* mapping. Safe while serving (a subject at a time)."""
+    from profilestore.events import retention
+    from profilestore.events import service as events
+    from profilestore.kit.time import utcnow
+
+    runtime = _ready(data_dir)
+    with runtime.db.transaction(write=False) as session:
+        subjects = retention.subjects_with_events(session)
+    now, buckets = utcnow(), 0
+    for subject_id in subjects:
+        with runtime.db.transaction() as session:
+            buckets += events.rebuild_signals(session, runtime.vault, runtime.settings, subject_id, now)
+    typer.echo(json.dumps({"subjects": len(subjects), "signal_buckets_rebuilt": buckets}))
 
 
 BENCHMARKS = {"consent": "consent_bench.py", "events": "events_bench.py", "views": "views_bench.py"}

@@ -171,6 +171,7 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8000
+    workers: int = Field(default=1, ge=1, description="Server processes `serve` starts")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     # Requests

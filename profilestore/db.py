@@ -1,24 +1,38 @@
 """Database plumbing: declarative bases, engines and sessions for the data and key-store databases.
 
-One request is one transaction, committed before the response is sent (see ``app.py``). On SQLite,
-sessions that write take the write lock up front (``BEGIN IMMEDIATE``) so that two writers never
-deadlock upgrading a read lock; read-only sessions begin deferred and run beside them under WAL.
+One request is one transaction, committed before the response is sent (see ``deps.py``).
+
+SQLite has one writer at a time. A write session takes this database's writer lock when its
+transaction begins — at its first statement, not when the session is made — and gives it back
+when the transaction ends, so that whatever a request does before touching the database (parsing,
+validating, hashing, serialising) runs beside other writers. The lock is a thread lock plus an
+advisory lock on a file beside the database, so writers of every process (service workers, the
+CLI) queue on it in turn instead of meeting SQLite's busy handler, which sleeps with back-off
+(tens of milliseconds per retry). Read-only sessions begin deferred and run beside writers (WAL).
 """
 
 from __future__ import annotations
 
+import math
+import os
+import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import MetaData, create_engine, event
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction, sessionmaker
 
 from profilestore.kit.sqltypes import UTCDateTime
+
+try:  # advisory file locks; without them (Windows) writers of one process still take turns
+    import fcntl
+except ImportError:  # pragma: no cover - POSIX everywhere we run
+    fcntl = None  # type: ignore[assignment]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -28,6 +42,13 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+# A write session's connection carries this option: its BEGIN is issued by the session, after the
+# writer lock is held, not by the engine hook below.
+_SESSION_BEGINS = "profilestore_session_begins"
+# A connection for one read statement carries this one: a single statement is its own snapshot, so
+# the BEGIN and ROLLBACK around it would be two statements of pure overhead.
+_SINGLE_STATEMENT = "profilestore_single_statement"
+
 
 class Base(DeclarativeBase):
     """Tables of the data database."""
@@ -36,10 +57,11 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime()}
 
 
-def _prepare_sqlite_file(url: str) -> None:
+def _sqlite_file(url: str) -> Path | None:
     database = make_url(url).database
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    if not database or database == ":memory:":
+        return None
+    return Path(database)
 
 
 def create_db_engine(url: str, *, immediate: bool = False, **kwargs: Any) -> Engine:
@@ -49,7 +71,9 @@ def create_db_engine(url: str, *, immediate: bool = False, **kwargs: Any) -> Eng
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True, **kwargs)
 
-    _prepare_sqlite_file(url)
+    path = _sqlite_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
 
     @event.listens_for(engine, "connect")
@@ -61,13 +85,53 @@ def create_db_engine(url: str, *, immediate: bool = False, **kwargs: Any) -> Eng
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        try:
+            cursor.execute("SELECT pow(2.0, 0.5)")
+        except sqlite3.OperationalError:
+            # SQLite built without its math functions: signal scores decay in SQL (kit/sqlexpr.py).
+            dbapi_connection.create_function("pow", 2, math.pow, deterministic=True)
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    def _on_begin(connection: Connection) -> None:
+        options = connection.get_execution_options()
+        if not options.get(_SESSION_BEGINS) and not options.get(_SINGLE_STATEMENT):
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+class WriterLock:
+    """One writer at a time on a SQLite database, across threads and processes.
+
+    Not reentrant. ``acquire`` and ``release`` may run on different threads (FastAPI runs a
+    request's dependencies and its route on pool threads of its choosing).
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+        if path is not None and fcntl is not None:
+            self._fd = os.open(f"{path}.writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+
+    def acquire(self) -> None:
+        self._thread_lock.acquire()
+        if self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            except BaseException:
+                self._thread_lock.release()
+                raise
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._thread_lock.release()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class Database:
@@ -78,22 +142,44 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         self.engine = create_db_engine(url, immediate=self.is_sqlite, **engine_kwargs)
         self.read_engine = create_db_engine(url, **engine_kwargs) if self.is_sqlite else self.engine
-        self._writer = sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
+        self._lock: WriterLock | None = WriterLock(_sqlite_file(url)) if self.is_sqlite else None
+        write_bind = self.engine.execution_options(**{_SESSION_BEGINS: True}) if self.is_sqlite else self.engine
+        self._writer = sessionmaker(write_bind, expire_on_commit=False, autoflush=True)
         self._reader = sessionmaker(self.read_engine, expire_on_commit=False, autoflush=True)
-        # SQLite has one writer at a time. Writers of this process queue on a lock instead of
-        # meeting SQLite's busy handler, which sleeps with back-off (tens of ms per retry) and
-        # turned 8 concurrent consent posts into ~50/s. Other processes (the CLI) still meet the
-        # busy timeout, which stays as the fallback.
-        self._write_lock: threading.Lock | None = threading.Lock() if self.is_sqlite else None
+        if self._lock is not None:
+            event.listen(self._writer, "after_begin", self._begin_writing)
+            # Whichever comes first once the database transaction is over: commit, rollback, or
+            # the end of the session's transaction (a close without either).
+            event.listen(self._writer, "after_commit", self._end_writing)
+            event.listen(self._writer, "after_rollback", self._end_writing)
+            event.listen(self._writer, "after_transaction_end", self._end_outermost)
+
+    def _begin_writing(self, session: Session, _transaction: SessionTransaction, connection: Connection) -> None:
+        assert self._lock is not None
+        self._lock.acquire()
+        session.info["holds_writer_lock"] = True
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    def _end_writing(self, session: Session) -> None:
+        if session.info.pop("holds_writer_lock", False):
+            assert self._lock is not None
+            self._lock.release()
+
+    def _end_outermost(self, session: Session, transaction: SessionTransaction) -> None:
+        if transaction.parent is None:
+            self._end_writing(session)
 
     @contextmanager
     def writer(self) -> Iterator[None]:
-        """Hold this process's turn to write (SQLite); a no-op on PostgreSQL."""
-        if self._write_lock is None:
+        """Hold the writer lock around engine-level writes (write sessions take it themselves)."""
+        if self._lock is None:
             yield
             return
-        with self._write_lock:
+        self._lock.acquire()
+        try:
             yield
+        finally:
+            self._lock.release()
 
     def write_session(self) -> Session:
         return self._writer()
@@ -101,21 +187,27 @@ class Database:
     def read_session(self) -> Session:
         return self._reader()
 
+    def single_read(self) -> Connection:
+        """A connection for exactly one read statement (use it as a context manager). On SQLite
+        the statement runs without BEGIN and ROLLBACK around it; it is consistent on its own."""
+        return self.read_engine.connect().execution_options(**{_SINGLE_STATEMENT: True})
+
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Session]:
-        """A session committed on success and rolled back on error (for the CLI and jobs)."""
-        with self.writer() if write else nullcontext():
-            session = self.write_session() if write else self.read_session()
-            try:
-                yield session
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
-            finally:
-                session.close()
+        """A session committed on success and rolled back on error."""
+        session = self.write_session() if write else self.read_session()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
 
     def dispose(self) -> None:
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
+        if self._lock is not None:
+            self._lock.close()

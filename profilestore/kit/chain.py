@@ -35,16 +35,13 @@ class ChainHead(Base):
     updated_at: Mapped[datetime]
 
 
-def _canonical(value: Any) -> Any:
+def _canonical(value: Any) -> str:
+    """The canonical text of what JSON has no form for (``json.dumps`` asks for nothing else)."""
     if isinstance(value, datetime):
         return isoformat(value)
     if isinstance(value, bytes):
         return hashlib.sha256(value).hexdigest()
-    if isinstance(value, dict):
-        return {k: _canonical(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_canonical(v) for v in value]
-    return value
+    raise TypeError(f"{type(value).__name__} has no canonical form in a chain entry")
 
 
 def entry_hash(prev_hash: str, content: dict[str, Any]) -> str:
@@ -53,7 +50,7 @@ def entry_hash(prev_hash: str, content: dict[str, Any]) -> str:
     Bytes (ciphertexts) enter by their own SHA-256, so the chain stays verifiable after the keys
     that could decrypt them are shredded.
     """
-    body = json.dumps(_canonical(content), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    body = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=_canonical)
     return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()
 
 
