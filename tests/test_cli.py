@@ -14,7 +14,8 @@ from profilestore.app import create_app
 from profilestore.cli import app
 from profilestore.config import Settings
 from profilestore.runtime import Runtime
-from tests.conftest import row_counts
+from tests.conftest import Keys, row_counts
+from tests.events.support import event, grant, ingest
 
 
 @pytest.fixture
@@ -163,3 +164,27 @@ def test_ledger_verify_passes_on_an_empty_ledger(cli: CliRunner) -> None:
     result = run(cli, "ledger", "verify")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"ok": True, "records": 0, "first_bad": None}
+
+
+def test_signals_rebuild_recomputes_cleared_signals_from_the_stored_events(
+    cli: CliRunner, runtime: Runtime, api: TestClient, keys: Keys
+) -> None:
+    ada = {"email": "ada@example.com"}
+    grant(api, keys, ada)
+    ingest(api, keys, [event(ada, f"m-{i}", properties={"category": c, "brand": "Acme"}) for i, c in enumerate("aab")])
+    subject = api.post("/v1/subjects/resolve", headers=keys.header("privacy"), json={"identifiers": ada}).json()
+    path = f"/v1/subjects/{subject['subject_id']}/view?purpose=personalize.content"
+    before = api.get(path, headers=keys.header("reader")).json()["signals"]
+    assert {s["value"] for s in before["category"]} == {"a", "b"}
+    with runtime.db.engine.begin() as conn:  # what the 0003 migration does
+        conn.execute(text("DELETE FROM signals"))
+    assert api.get(path, headers=keys.header("reader")).json()["signals"] == {}
+
+    result = run(cli, "signals", "rebuild")
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1]) == {"subjects": 1, "signal_buckets_rebuilt": 1}
+    after = api.get(path, headers=keys.header("reader")).json()["signals"]
+    assert {d: [(s["value"], s["evidence"]) for s in v] for d, v in after.items()} == {
+        d: [(s["value"], s["evidence"]) for s in v] for d, v in before.items()
+    }

@@ -12,17 +12,22 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from profilestore.auth.schemas import Role
 from profilestore.auth.service import Caller, authenticate
-from profilestore.deps import get_runtime
+from profilestore.deps import database_work, get_runtime
 from profilestore.kit.errors import Forbidden, Unauthenticated
 
 _bearer = HTTPBearer(auto_error=False, description="Client key: `Authorization: Bearer psk_…`")
 
 
-def caller_from_key(request: Request, key: str | None) -> Caller:
+async def caller_from_key(request: Request, key: str | None) -> Caller:
     if not key:
         raise Unauthenticated("missing credentials: send Authorization: Bearer <client key>")
-    with get_runtime(request).db.read_session() as session:
-        caller = authenticate(session, key)
+    database = get_runtime(request).db
+
+    def lookup() -> Caller | None:
+        with database.single_read() as connection:
+            return authenticate(connection, key)
+
+    caller = await database_work(database, lookup)
     if caller is None:
         raise Unauthenticated("invalid or revoked client key")
     request.state.client_id = caller.client_id
@@ -35,10 +40,10 @@ class RoleGuard:
     def __init__(self, *roles: Role) -> None:
         self.roles = frozenset(roles)
 
-    def __call__(
+    async def __call__(
         self, request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
     ) -> Caller:
-        caller = caller_from_key(request, credentials.credentials if credentials else None)
+        caller = await caller_from_key(request, credentials.credentials if credentials else None)
         if caller.role not in self.roles:
             allowed = ", ".join(sorted(r.value for r in self.roles))
             raise Forbidden(f"this endpoint is for {allowed} clients")
@@ -49,7 +54,7 @@ class WriteKeyGuard(RoleGuard):
     """Segment-style auth: the client key as the HTTP Basic user (empty password), as Segment and
     RudderStack SDKs send their write key; a Bearer key works too."""
 
-    def __call__(  # type: ignore[override]
+    async def __call__(  # type: ignore[override]
         self, request: Request, authorization: Annotated[str | None, Header()] = None
     ) -> Caller:
         key = None
@@ -61,7 +66,7 @@ class WriteKeyGuard(RoleGuard):
                 key = None
         elif scheme.lower() == "bearer":
             key = value.strip()
-        caller = caller_from_key(request, key)
+        caller = await caller_from_key(request, key)
         if caller.role not in self.roles:
             raise Forbidden("this endpoint is for collector clients")
         return caller

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from profilestore.config import Settings
@@ -34,8 +34,10 @@ from profilestore.crypto.service import SubjectCipher
 from profilestore.kit.chain import ChainWriter, Verification, verify_chain
 from profilestore.kit.errors import InvalidInput
 from profilestore.kit.ids import new_id
+from profilestore.kit.sql import rows
 from profilestore.kit.time import utcnow
 from profilestore.purposes import service as purposes
+from profilestore.purposes.rules import ancestors
 from profilestore.purposes.service import PurposeRule
 
 CHAIN = "consent"
@@ -323,18 +325,40 @@ def absorb(session: Session, survivor: str, lineage: Sequence[str], loser: str) 
 # -- reading ---------------------------------------------------------------------------------------
 
 
-def _state_of(row: ConsentState) -> State:
-    return State(row.status, row.record_id, row.collected_at, row.expires_at, row.grant_started_at, row.grant_epoch)
+_STATE_COLUMNS = (
+    ConsentState.purpose,
+    ConsentState.status,
+    ConsentState.record_id,
+    ConsentState.collected_at,
+    ConsentState.expires_at,
+    ConsentState.grant_started_at,
+    ConsentState.grant_epoch,
+)
 
 
-def _states(session: Session, subject_id: str) -> dict[str, State]:
-    rows = session.scalars(select(ConsentState).where(ConsentState.subject_id == subject_id))
-    return {r.purpose: _state_of(r) for r in rows}
+_STATES = select(*_STATE_COLUMNS).where(ConsentState.subject_id == bindparam("subject_id"))
+_STATES_OF_SUBJECTS = select(ConsentState.subject_id, *_STATE_COLUMNS).where(
+    ConsentState.subject_id.in_(bindparam("subjects", expanding=True))
+)
+_STATES_OF = _STATES.where(ConsentState.purpose.in_(bindparam("purposes", expanding=True)))
+
+
+def _states(session: Session, subject_id: str, purposes_: Sequence[str] | None = None) -> dict[str, State]:
+    """The subject's current state per purpose (only ``purposes_`` when given)."""
+    if purposes_ is None:
+        result = rows(session, _STATES, {"subject_id": subject_id})
+    else:
+        result = rows(session, _STATES_OF, {"subject_id": subject_id, "purposes": list(purposes_)})
+    return {purpose: State(*rest) for purpose, *rest in result}
 
 
 def effective_status(session: Session, subject_id: str, purpose: PurposeRule, now: datetime | None = None) -> Effective:
-    """Whether ``purpose`` may be used for the subject now (hierarchy, expiry, legal basis)."""
-    return effective(purpose.key, purpose.needs_consent, _states(session, subject_id), now or utcnow())
+    """Whether ``purpose`` may be used for the subject now (hierarchy, expiry, legal basis). Reads
+    only the states of the purpose and those above it: the only ones that can decide."""
+    if not purpose.needs_consent:
+        return effective(purpose.key, False, {}, now or utcnow())
+    states = _states(session, subject_id, ancestors(purpose.key))
+    return effective(purpose.key, True, states, now or utcnow())
 
 
 def in_force(session: Session, subject_id: str, now: datetime | None = None) -> dict[str, Effective]:
@@ -375,24 +399,30 @@ def collection_gates(session: Session, subject_ids: Sequence[str], now: datetime
     """
     states: dict[str, dict[str, State]] = {sid: {} for sid in subject_ids}
     if subject_ids:
-        for r in session.scalars(select(ConsentState).where(ConsentState.subject_id.in_(list(states)))):
-            states[r.subject_id][r.purpose] = _state_of(r)
+        for subject_id, purpose, *rest in rows(session, _STATES_OF_SUBJECTS, {"subjects": list(states)}):
+            states[subject_id][purpose] = State(*rest)
     candidates = [rule for rule in purposes.rules(session).values() if rule.categories]
     without_consent = tuple(rule for rule in candidates if not rule.needs_consent)
+    # A purpose resting on consent can only be in force through a record of its own or of a
+    # purpose above it: index the candidates by every key at or above them, and evaluate for each
+    # subject only those beneath the purposes it has records for.
+    beneath: dict[str, list[PurposeRule]] = {}
+    for rule in candidates:
+        if rule.needs_consent:
+            for key in ancestors(rule.key):
+                beneath.setdefault(key, []).append(rule)
     gates = {}
     for sid, subject_states in states.items():
-        if not subject_states:
-            gates[sid] = CollectionGate(without_consent, EPOCH_ZERO)
-            continue
-        in_force = []
+        in_force = list(without_consent)
         epoch = EPOCH_ZERO
-        for rule in candidates:
-            verdict = effective(rule.key, rule.needs_consent, subject_states, now)
+        reachable = {rule.key: rule for key in subject_states for rule in beneath.get(key, ())}
+        for rule in reachable.values():
+            verdict = effective(rule.key, True, subject_states, now)
             if verdict.in_force:
                 in_force.append(rule)
                 if verdict.grant_epoch is not None:
                     epoch = max(epoch, verdict.grant_epoch)
-        gates[sid] = CollectionGate(tuple(in_force), epoch)
+        gates[sid] = CollectionGate(tuple(sorted(in_force, key=lambda rule: rule.key)), epoch)
     return gates
 
 

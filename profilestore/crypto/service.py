@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -82,6 +82,11 @@ class SubjectCipher:
             return aead.decrypt(blob[17:29], blob[29:], _associated_data(table, column, self.subject_id, row_key))
         except InvalidTag as exc:
             raise DecryptionError("ciphertext does not belong to this row") from exc
+
+
+_KEYS_OF = select(
+    DataKey.key_id, DataKey.subject_id, DataKey.is_primary, DataKey.master_key_id, DataKey.wrapped_key
+).where(DataKey.subject_id.in_(bindparam("subjects", expanding=True)))
 
 
 def _insert_ignore(session: Session, table: type[KeystoreMeta], values: dict[str, object]) -> None:
@@ -190,12 +195,10 @@ class Vault:
             owner.update({member: sid for member in lineage})
         keys: dict[str, dict[str, bytes]] = {sid: {} for sid in lineages}
         primary: dict[str, str] = {}
-        with self.keystore.transaction(write=False) as session:
-            rows = session.execute(
-                select(
-                    DataKey.key_id, DataKey.subject_id, DataKey.is_primary, DataKey.master_key_id, DataKey.wrapped_key
-                ).where(DataKey.subject_id.in_(sorted(owner)))
-            ).all()
+        # A plain connection, not a session: every view and batch comes here, and the key store is
+        # read, never cached, so that a shredded key is gone for every process at once.
+        with self.keystore.single_read() as connection:
+            rows = connection.execute(_KEYS_OF, {"subjects": sorted(owner)}).all()
         for row in rows:
             sid = owner[row.subject_id]
             keys[sid][row.key_id] = self.keyring.unwrap(row.master_key_id, row.key_id.encode(), row.wrapped_key)

@@ -22,12 +22,11 @@ from sqlalchemy.orm import Session
 
 from profilestore.config import Settings
 from profilestore.consent import service as consent
-from profilestore.crypto.service import DecryptionError, Vault
+from profilestore.crypto.service import Vault
 from profilestore.events.models import Event, EventReceipt
-from profilestore.events.service import decrypt_properties
+from profilestore.events.service import rebuild_signals
 from profilestore.purposes import service as purposes
 from profilestore.signals import service as signals
-from profilestore.signals.models import Signal
 
 
 @dataclass
@@ -85,36 +84,8 @@ def purge_subject(session: Session, vault: Vault, settings: Settings, subject_id
         )
     )
     buckets = {(e.category, e.epoch) for e in doomed}
-    report.signal_buckets_rebuilt = _rebuild(session, vault, settings, subject_id, buckets, now)
+    report.signal_buckets_rebuilt = rebuild_signals(session, vault, settings, subject_id, now, buckets)
     return report
-
-
-def _rebuild(
-    session: Session,
-    vault: Vault,
-    settings: Settings,
-    subject_id: str,
-    buckets: set[tuple[str, datetime]],
-    now: datetime,
-) -> int:
-    """Recompute the signals of the given (category, epoch) buckets from the remaining events."""
-    for category, epoch in buckets:
-        session.execute(
-            delete(Signal).where(Signal.subject_id == subject_id, Signal.category == category, Signal.epoch == epoch)
-        )
-    cipher = vault.cipher(subject_id)
-    writer = signals.SignalWriter(vault, settings.signals, now)
-    remaining = session.scalars(
-        select(Event).where(Event.subject_id == subject_id, tuple_(Event.category, Event.epoch).in_(sorted(buckets)))
-    )
-    for event in remaining:
-        try:
-            properties = decrypt_properties(cipher, event.event_id, event.properties_ct)
-        except DecryptionError:
-            continue  # its key is gone (an erasure in progress): nothing to count
-        writer.add_event(subject_id, event.category, event.epoch, event.type, event.occurred_at, properties)
-    writer.flush(session, {subject_id: cipher})
-    return len(buckets)
 
 
 def purge(

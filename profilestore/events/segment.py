@@ -46,6 +46,9 @@ EVENT_TYPES = {"page": "page_viewed", "screen": "screen_viewed"}
 _NOT_WORD = re.compile(r"[^a-z0-9]+")
 
 
+FIELD_PREFIX = "batch.{index}."
+
+
 def event_type(message: SegmentMessage, index: int) -> str:
     if message.type in EVENT_TYPES:
         return EVENT_TYPES[message.type]
@@ -126,10 +129,12 @@ class _Plan:
     """One validated batch: what to apply before the events, and the events."""
 
     people: list[tuple[int, SegmentMessage, dict[str, str]]]
-    events: list[events.IncomingEvent]
+    events: events.PreparedBatch
 
 
-def _validate(session: Session, settings: Settings, batch: Sequence[SegmentMessage], now: datetime) -> _Plan:
+def _validate(
+    session: Session, vault: Vault, settings: Settings, batch: Sequence[SegmentMessage], now: datetime
+) -> _Plan:
     people, incoming = [], []
     for index, message in enumerate(batch):
         ids = identifiers_of(message, settings)
@@ -159,11 +164,12 @@ def _validate(session: Session, settings: Settings, batch: Sequence[SegmentMessa
                     category=events.default_category(settings, kind),
                 )
             )
-    events.validate(session, settings, incoming, now=now, field_prefix="batch.{index}.")
+    prepared = intake.prepare(vault, settings, incoming, now=now, field_prefix=FIELD_PREFIX)
+    events.check_categories(session, prepared, field_prefix=FIELD_PREFIX)
     purposes.require_categories(
         session, {t.category for t in settings.segment.trait_map.values()}, field="segment.trait_map"
     )
-    return _Plan(people, incoming)
+    return _Plan(people, prepared)
 
 
 def process(
@@ -177,16 +183,14 @@ def process(
     now: datetime,
 ) -> events.IngestReport:
     """Apply one Segment batch; returns the event counts (accepted, duplicates, dropped by reason)."""
-    plan = _validate(session, settings, batch, now)
+    plan = _validate(session, vault, settings, batch, now)
     for _, message, ids in plan.people:
         _apply_person(session, vault, settings, message, ids, client_id=client_id, gpc=gpc, now=now)
     if gpc:
-        known = identity.lookup_known(session, vault, settings, [e.identifiers for e in plan.events])
+        known = identity.known_by_indexes(session, plan.events.indexes)
         for subject_id in sorted({k.subject_id for k in known if k}):
             _record_consent(session, vault, settings, subject_id, [], now, None, client_id, gpc=True)
-    return intake.ingest(
-        session, vault, settings, plan.events, client_id=client_id, now=now, field_prefix="batch.{index}."
-    )
+    return intake.ingest(session, vault, settings, plan.events, client_id=client_id, now=now, field_prefix=FIELD_PREFIX)
 
 
 def _apply_person(

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from functools import lru_cache
+from typing import Any, cast
 
-from sqlalchemy import insert, select
+from sqlalchemy import Executable, Select, Table, bindparam, insert, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -24,11 +25,12 @@ from sqlalchemy.orm import Session
 from profilestore import metrics
 from profilestore.config import Settings
 from profilestore.consent import service as consent
-from profilestore.crypto.service import SubjectCipher, Vault
+from profilestore.crypto.service import DecryptionError, SubjectCipher, Vault
 from profilestore.events.models import Event, EventReceipt
 from profilestore.kit.errors import InvalidInput, PayloadTooLarge
 from profilestore.kit.ids import new_id
 from profilestore.kit.moving import move_subject_rows
+from profilestore.kit.sql import rows
 from profilestore.purposes import service as purposes
 from profilestore.signals import service as signals
 
@@ -54,31 +56,52 @@ class IngestReport:
     dropped: Counter[str] = field(default_factory=Counter)
 
 
-def validate(
-    session: Session,
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch checked and worked out as far as it can be without the database (so, outside the
+    writer's turn): each event's properties serialised once (measured, later sealed), its
+    identifiers' blind indexes, and what it says to signals."""
+
+    events: Sequence[IncomingEvent]
+    payloads: list[bytes]
+    evidence: list[signals.Evidence]
+    indexes: Sequence[tuple[bytes, ...]] = ()  # filled in by intake (identity's part)
+
+
+def prepare(
+    vault: Vault,
     settings: Settings,
     events: Sequence[IncomingEvent],
     *,
     now: datetime,
     field_prefix: str = "events.{index}.",
-) -> None:
-    """Refuse a batch with anything malformed, naming the first bad field. Writes nothing."""
+) -> PreparedBatch:
+    """Refuse a batch with anything malformed, naming the first bad field; work out the rest.
+    Touches no database (``check_categories`` is the part that needs one)."""
     limits = settings.events
     if len(events) > limits.max_batch_events:
         raise PayloadTooLarge(f"a batch holds at most {limits.max_batch_events} events", field="events")
     latest = now + timedelta(seconds=settings.clock_skew_seconds)
+    payloads = []
     for index, event in enumerate(events):
-        prefix = field_prefix.format(index=index)
-        size = len(json.dumps(event.properties, separators=(",", ":"), ensure_ascii=False, default=str).encode())
-        if size > limits.max_event_bytes:
+        payload = json.dumps(event.properties, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+        if len(payload) > limits.max_event_bytes:
             raise PayloadTooLarge(
-                f"event properties are {size} bytes; the limit is {limits.max_event_bytes}", field=f"{prefix}properties"
+                f"event properties are {len(payload)} bytes; the limit is {limits.max_event_bytes}",
+                field=f"{field_prefix.format(index=index)}properties",
             )
         if event.occurred_at > latest:
-            raise InvalidInput("occurred_at is in the future", field=f"{prefix}occurred_at")
-    categories = sorted({e.category for e in events})
-    known = {c.key for c in purposes.list_categories(session)} if categories else set()
-    for index, event in enumerate(events):
+            raise InvalidInput("occurred_at is in the future", field=f"{field_prefix.format(index=index)}occurred_at")
+        payloads.append(payload)
+    reader = signals.EvidenceReader(vault, settings.signals, now)
+    evidence = [reader.read(e.type, e.occurred_at, e.properties) for e in events]
+    return PreparedBatch(events, payloads, evidence)
+
+
+def check_categories(session: Session, batch: PreparedBatch, *, field_prefix: str = "events.{index}.") -> None:
+    """Refuse a batch naming a data category the taxonomy does not have."""
+    known = purposes.known_categories(session, {e.category for e in batch.events})
+    for index, event in enumerate(batch.events):
         if event.category not in known:
             raise InvalidInput(
                 f"unknown data category '{event.category}'", field=f"{field_prefix.format(index=index)}category"
@@ -135,26 +158,27 @@ def store(
     session: Session,
     vault: Vault,
     settings: Settings,
-    events: Sequence[IncomingEvent],
+    batch: PreparedBatch,
     admission: Admission,
     *,
     client_id: str,
     now: datetime,
 ) -> IngestReport:
-    """Store the admitted events (once per message id), encrypted, and fold them into signals."""
+    """Store the admitted events (once per message id), sealed, and fold them into signals."""
     report = admission.report
-    chosen = [(events[i], sid, allowed) for i, sid, allowed in admission.admitted]
-    fresh = _claim_message_ids(session, client_id, chosen, now)
-    ciphers = vault.ciphers({sid: () for sid in {sid for _, sid, _ in chosen}}) if chosen else {}
-    rows = []
-    writer = signals.SignalWriter(vault, settings.signals, now)
-    for event, subject_id, allowed in chosen:
+    fresh = _claim_message_ids(session, client_id, batch, admission.admitted, now)
+    subjects = {sid for _, sid, _ in admission.admitted}
+    ciphers = vault.ciphers({sid: () for sid in subjects}) if subjects else {}
+    records = []
+    writer = signals.SignalWriter(settings.signals, now)
+    for index, subject_id, allowed in admission.admitted:
+        event = batch.events[index]
         event_id = fresh.get(event.message_id)
         if event_id is None:
             report.duplicates += 1
             continue
         epoch = admission.gates[subject_id].epoch
-        rows.append(
+        records.append(
             {
                 "subject_id": subject_id,
                 "occurred_at": event.occurred_at,
@@ -166,20 +190,20 @@ def store(
                 "received_at": now,
                 "epoch": epoch,
                 "purposes": allowed,
-                "properties_ct": encrypt_properties(ciphers[subject_id], event_id, event.properties),
+                "properties_ct": ciphers[subject_id].encrypt(TABLE, "properties", event_id, batch.payloads[index]),
             }
         )
-        writer.add_event(subject_id, event.category, epoch, event.type, event.occurred_at, event.properties)
-    if rows:
-        session.execute(insert(Event), rows)
+        writer.add(subject_id, event.category, epoch, batch.evidence[index])
+    if records:
+        session.execute(insert(cast(Table, Event.__table__)), records)
         writer.flush(session, ciphers)
-    report.accepted = len(rows)
+    report.accepted = len(records)
     _count(report)
     return report
 
 
 def encrypt_properties(cipher: SubjectCipher, event_id: str, properties: dict[str, Any]) -> bytes:
-    payload = json.dumps(properties, separators=(",", ":"), default=str).encode()
+    payload = json.dumps(properties, separators=(",", ":"), ensure_ascii=False, default=str).encode()
     return cipher.encrypt(TABLE, "properties", event_id, payload)
 
 
@@ -188,23 +212,72 @@ def decrypt_properties(cipher: SubjectCipher, event_id: str, blob: bytes) -> dic
     return value
 
 
+@lru_cache(maxsize=4)
+def _claim_statement(dialect: str) -> Executable:
+    table = cast(Table, EventReceipt.__table__)
+    insert_ = pg_insert(table) if dialect == "postgresql" else sqlite_insert(table)
+    return insert_.on_conflict_do_nothing().returning(table.c.message_id)
+
+
 def _claim_message_ids(
-    session: Session, client_id: str, admitted: list[tuple[IncomingEvent, str, list[str]]], now: datetime
+    session: Session,
+    client_id: str,
+    batch: PreparedBatch,
+    admitted: Sequence[tuple[int, str, list[str]]],
+    now: datetime,
 ) -> dict[str, str]:
     """Record the message ids of the events about to be stored; returns message id → event id for
     the ones not seen before from this client (a concurrent duplicate waits, then loses)."""
     if not admitted:
         return {}
-    wanted = {event.message_id: (new_id("evt"), sid) for event, sid, _ in admitted}
-    insert_ = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    wanted = {batch.events[i].message_id: (new_id("evt"), sid) for i, sid, _ in admitted}
     claimed = session.execute(
-        insert_(EventReceipt).on_conflict_do_nothing().returning(EventReceipt.message_id),
-        [
+        _claim_statement(session.get_bind().dialect.name),
+        [  # in key order: two batches claiming the same ids (PostgreSQL) meet them in one order
             {"client_id": client_id, "message_id": m, "subject_id": sid, "event_id": eid, "received_at": now}
-            for m, (eid, sid) in wanted.items()
+            for m, (eid, sid) in sorted(wanted.items())
         ],
     )
     return {m: wanted[m][0] for m in claimed.scalars()}
+
+
+def rebuild_signals(
+    session: Session,
+    vault: Vault,
+    settings: Settings,
+    subject_id: str,
+    now: datetime,
+    buckets: set[tuple[str, datetime]] | None = None,
+) -> int:
+    """Recompute a subject's signals from the events it still has: the given (category, epoch)
+    buckets, or all of them. Returns the number of buckets rebuilt."""
+    e = Event.__table__.c
+    if buckets is None:
+        buckets = {
+            (c, epoch)
+            for c, epoch in session.execute(select(e.category, e.epoch).where(e.subject_id == subject_id).distinct())
+        }
+        signals.forget(session, subject_id)
+    else:
+        signals.forget(session, subject_id, buckets)
+    if not buckets:
+        return 0
+    cipher = vault.cipher(subject_id)
+    reader = signals.EvidenceReader(vault, settings.signals, now)
+    writer = signals.SignalWriter(settings.signals, now)
+    remaining = session.execute(
+        select(e.event_id, e.type, e.category, e.epoch, e.occurred_at, e.properties_ct).where(
+            e.subject_id == subject_id, tuple_(e.category, e.epoch).in_(sorted(buckets))
+        )
+    )
+    for event_id, kind, category, epoch, occurred_at, blob in remaining:
+        try:
+            properties = decrypt_properties(cipher, event_id, blob)
+        except DecryptionError:
+            continue  # its key is gone (an erasure in progress): nothing to count
+        writer.add(subject_id, category, epoch, reader.read(kind, occurred_at, properties))
+    writer.flush(session, {subject_id: cipher})
+    return len(buckets)
 
 
 def _count(report: IngestReport) -> None:
@@ -225,23 +298,23 @@ def absorb(session: Session, source: SubjectCipher, target: SubjectCipher) -> No
     session.flush()
 
 
-def recent(
-    session: Session, cipher: SubjectCipher, admits: Callable[[str, datetime], bool], limit: int
-) -> list[dict[str, Any]]:
-    """The subject's most recent events that ``admits(category, epoch)`` allows, newest first."""
-    found: list[dict[str, Any]] = []
-    rows = session.execute(
-        select(Event.event_id, Event.type, Event.category, Event.epoch, Event.occurred_at, Event.properties_ct)
-        .where(Event.subject_id == cipher.subject_id)
-        .order_by(Event.occurred_at.desc())
-        .execution_options(yield_per=200)
+@lru_cache(maxsize=256)
+def _recent_statement(categories: frozenset[str]) -> Select[Any]:
+    e = Event.__table__.c
+    return (
+        select(e.event_id, e.type, e.category, e.occurred_at, e.properties_ct)
+        .where(e.subject_id == bindparam("subject_id"), signals.admitted(e.category, e.epoch, categories))
+        .order_by(e.occurred_at.desc())
+        .limit(bindparam("limit"))
     )
-    for r in rows:
-        if admits(r.category, r.epoch):
-            properties = decrypt_properties(cipher, r.event_id, r.properties_ct)
-            found.append(
-                {"type": r.type, "category": r.category, "occurred_at": r.occurred_at, "properties": properties}
-            )
-            if len(found) >= limit:
-                break
+
+
+def recent(session: Session, cipher: SubjectCipher, permitted: signals.Permitted, limit: int) -> list[dict[str, Any]]:
+    """The subject's ``limit`` most recent events that ``permitted`` admits, newest first."""
+    params = {"subject_id": cipher.subject_id, "limit": limit, **permitted.params}
+    stored = rows(session, _recent_statement(permitted.categories), params)
+    found = []
+    for event_id, kind, category, occurred_at, blob in stored:
+        properties = decrypt_properties(cipher, event_id, blob)
+        found.append({"type": kind, "category": category, "occurred_at": occurred_at, "properties": properties})
     return found

@@ -13,12 +13,13 @@ during a merge, and they never import identity.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from profilestore.config import Settings
 from profilestore.consent import service as consent
@@ -28,6 +29,7 @@ from profilestore.identity.models import Identifier, Subject, SubjectMerge
 from profilestore.identity.normalise import normalise
 from profilestore.kit.errors import Conflict, InvalidInput
 from profilestore.kit.ids import new_id
+from profilestore.kit.sql import rows
 from profilestore.kit.time import utcnow
 from profilestore.preferences import service as preferences
 from profilestore.signals import service as signals
@@ -83,13 +85,25 @@ def current(session: Session, subject_id: str) -> str | None:
     return subject.merged_into or subject.id
 
 
+_survivor = aliased(Subject)
+_LIVE_STATUS = (
+    select(Subject.id, Subject.status, _survivor.id, _survivor.status)
+    .outerjoin(_survivor, _survivor.id == Subject.merged_into)
+    .where(Subject.id == bindparam("subject_id"))
+)
+
+
 def live_status(session: Session, subject_id: str) -> tuple[str, str] | None:
-    """(live subject id, status) for an id, following a merge; None for an unknown id."""
-    live = current(session, subject_id)
-    if live is None:
+    """(live subject id, status) for an id, following a merge; None for an unknown id. One query:
+    every view asks. A merged subject points straight at its final survivor (merges flatten)."""
+    found = rows(session, _LIVE_STATUS, {"subject_id": subject_id})
+    row = found[0] if found else None
+    if row is None:
         return None
-    subject = session.get(Subject, live)
-    return (live, subject.status) if subject else None
+    own_id, own_status, live_id, live_status_ = row
+    if live_id is not None:
+        return live_id, live_status_
+    return None if own_status == "merged" else (own_id, own_status)
 
 
 def find(session: Session, vault: Vault, settings: Settings, identifiers: dict[str, str]) -> str | None:
@@ -161,6 +175,54 @@ class Known:
     complete: bool
 
 
+def index_sets(
+    vault: Vault, settings: Settings, identifier_sets: Sequence[dict[str, str]], *, field_prefix: str = ""
+) -> list[tuple[bytes, ...]]:
+    """The blind indexes of many identifier sets, validating each (no database). An identifier
+    seen twice in the batch is normalised and hashed once: an event batch names few people often."""
+    memo: dict[tuple[str, str], bytes] = {}
+    result = []
+    for i, identifiers in enumerate(identifier_sets):
+        indexes = []
+        for kind, value in identifiers.items():
+            index = memo.get((kind, value))
+            if index is None:
+                ((_, index),) = _indexes(vault, settings, {kind: value}, field_prefix.format(index=i)).values()
+                memo[(kind, value)] = index
+            indexes.append(index)
+        result.append(tuple(indexes))
+    return result
+
+
+_OWNERS = select(Identifier.blind_index, Identifier.subject_id).where(
+    Identifier.blind_index.in_(bindparam("indexes", expanding=True))
+)
+_SUBJECTS = select(Subject.id, Subject.status, Subject.created_at).where(
+    Subject.id.in_(bindparam("subjects", expanding=True))
+)
+
+
+def known_by_indexes(session: Session, indexed: Sequence[tuple[bytes, ...]]) -> list[Known | None]:
+    """Who each set of blind indexes names, with two queries and no writes; None where no
+    identifier of the set is known."""
+    owners = {
+        bytes(ix): sid for ix, sid in rows(session, _OWNERS, {"indexes": sorted({i for s in indexed for i in s})})
+    }
+    subjects = {r.id: r for r in rows(session, _SUBJECTS, {"subjects": sorted(set(owners.values()))})} if owners else {}
+    answers: dict[tuple[bytes, ...], Known | None] = {}  # a batch names few people, each many times
+    for wanted in indexed:
+        if wanted in answers:
+            continue
+        mine = {owners[ix] for ix in wanted if ix in owners}
+        if not mine:
+            answers[wanted] = None
+            continue
+        oldest = min(mine, key=lambda sid: (subjects[sid].created_at, sid))
+        complete = len(mine) == 1 and all(ix in owners for ix in wanted)
+        answers[wanted] = Known(oldest, subjects[oldest].status, complete)
+    return [answers[wanted] for wanted in indexed]
+
+
 def lookup_known(
     session: Session,
     vault: Vault,
@@ -171,25 +233,7 @@ def lookup_known(
 ) -> list[Known | None]:
     """Resolve many identifier sets (an event batch's people) with two queries and no writes.
     Every set is validated first; None where no identifier is known."""
-    indexed = [
-        [ix for _, ix in _indexes(vault, settings, ids, field_prefix.format(index=i)).values()]
-        for i, ids in enumerate(identifier_sets)
-    ]
-    owners = _owners(session, sorted({ix for one in indexed for ix in one}))
-    rows = session.execute(
-        select(Subject.id, Subject.status, Subject.created_at).where(Subject.id.in_(set(owners.values())))
-    )
-    subjects = {r.id: r for r in rows}
-    found: list[Known | None] = []
-    for wanted in indexed:
-        mine = {owners[ix] for ix in wanted if ix in owners}
-        if not mine:
-            found.append(None)
-            continue
-        oldest = min(mine, key=lambda sid: (subjects[sid].created_at, sid))
-        complete = len(mine) == 1 and all(ix in owners for ix in wanted)
-        found.append(Known(oldest, subjects[oldest].status, complete))
-    return found
+    return known_by_indexes(session, index_sets(vault, settings, identifier_sets, field_prefix=field_prefix))
 
 
 def link(

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from profilestore.config import Settings
@@ -17,6 +17,7 @@ from profilestore.crypto.service import SubjectCipher
 from profilestore.kit.errors import InvalidInput
 from profilestore.kit.ids import new_id
 from profilestore.kit.moving import move_subject_rows
+from profilestore.kit.sql import rows
 from profilestore.kit.time import utcnow
 from profilestore.preferences.models import Preference
 from profilestore.preferences.schemas import PreferenceItem, PreferenceOut, PreferencesIn, PreferencesStored
@@ -111,7 +112,7 @@ def _add_version(
 
 def current(session: Session, cipher: SubjectCipher) -> list[PreferenceOut]:
     """The subject's current preferences, decrypted."""
-    rows = session.scalars(
+    stored = session.scalars(
         select(Preference)
         .where(Preference.subject_id == cipher.subject_id, Preference.superseded_at.is_(None))
         .order_by(Preference.key)
@@ -124,7 +125,7 @@ def current(session: Session, cipher: SubjectCipher) -> list[PreferenceOut]:
             source=r.source,
             declared_at=r.declared_at,
         )
-        for r in rows
+        for r in stored
     ]
 
 
@@ -148,26 +149,35 @@ def absorb(session: Session, source: SubjectCipher, target: SubjectCipher) -> No
     session.flush()
 
 
+_CURRENT = (
+    select(
+        Preference.preference_id,
+        Preference.key,
+        Preference.category,
+        Preference.value_ct,
+        Preference.source,
+        Preference.declared_at,
+        Preference.recorded_at,
+    )
+    .where(Preference.subject_id == bindparam("subject_id"), Preference.superseded_at.is_(None))
+    .order_by(Preference.key)
+)
+
+
 def permitted(
     session: Session, cipher: SubjectCipher, categories: Iterable[str], since: datetime
 ) -> tuple[list[PreferenceOut], Counter[str]]:
     """Current preferences a view may use (category covered, recorded at or after ``since``, the
-    grant epoch), and the count of those left out by reason."""
+    grant epoch), and the count of those left out by reason. Only the kept ones are decrypted."""
     allowed = list(categories)
     kept, left_out = [], Counter[str]()
-    rows = session.scalars(
-        select(Preference)
-        .where(Preference.subject_id == cipher.subject_id, Preference.superseded_at.is_(None))
-        .order_by(Preference.key)
-    )
-    for r in rows:
-        if not covers(allowed, r.category):
+    current_rows = rows(session, _CURRENT, {"subject_id": cipher.subject_id})
+    for preference_id, key, category, value_ct, source, declared_at, recorded_at in current_rows:
+        if not covers(allowed, category):
             left_out["category_not_in_policy"] += 1
-        elif r.recorded_at < since:
+        elif recorded_at < since:
             left_out["collected_before_consent"] += 1
         else:
-            value = json.loads(cipher.decrypt(TABLE, "value", r.preference_id, r.value_ct))
-            kept.append(
-                PreferenceOut(key=r.key, value=value, category=r.category, source=r.source, declared_at=r.declared_at)
-            )
+            value = json.loads(cipher.decrypt(TABLE, "value", preference_id, value_ct))
+            kept.append(PreferenceOut(key=key, value=value, category=category, source=source, declared_at=declared_at))
     return kept, left_out

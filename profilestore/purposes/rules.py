@@ -20,7 +20,11 @@ def parent_of(key: str) -> str | None:
     return key.rsplit(".", 1)[0] if "." in key else None
 
 
+@lru_cache(maxsize=8192)
+def _at_or_above(key: str) -> frozenset[str]:
+    return frozenset(ancestors(key))
+
+
 def covers(allowed: Iterable[str], category: str) -> bool:
     """Whether a policy listing ``allowed`` categories covers ``category`` (a parent covers children)."""
-    above = set(ancestors(category))
-    return any(c in above for c in allowed)
+    return not _at_or_above(category).isdisjoint(allowed)

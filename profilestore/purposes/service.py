@@ -10,11 +10,12 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from profilestore.config import Settings
 from profilestore.kit.errors import Conflict, InvalidInput, NotFound
+from profilestore.kit.sql import rows
 from profilestore.kit.time import utcnow
 from profilestore.purposes import taxonomy
 from profilestore.purposes.models import DataCategory, Notice, NoticePurpose, Purpose, PurposeCategory
@@ -149,10 +150,18 @@ def get_purpose(session: Session, key: str) -> PurposeOut:
     return _out(purpose, _categories_of(session, [key])[key])
 
 
+_KNOWN_CATEGORIES = select(DataCategory.key).where(DataCategory.key.in_(bindparam("keys", expanding=True)))
+
+
+def known_categories(session: Session, categories: Iterable[str]) -> set[str]:
+    """Which of ``categories`` the taxonomy has."""
+    wanted = sorted(set(categories))
+    return {key for (key,) in rows(session, _KNOWN_CATEGORIES, {"keys": wanted})} if wanted else set()
+
+
 def require_categories(session: Session, categories: Iterable[str], *, field: str) -> None:
     wanted = set(categories)
-    known = set(session.scalars(select(DataCategory.key).where(DataCategory.key.in_(wanted))))
-    missing = sorted(wanted - known)
+    missing = sorted(wanted - known_categories(session, wanted))
     if missing:
         raise UnknownCategory(f"unknown data category '{missing[0]}'", field=field)
 
@@ -196,20 +205,24 @@ def require_purposes(session: Session, keys: Sequence[str], *, field: str) -> No
             raise UnknownPurpose(f"unknown purpose '{key}'", field=field.format(index=index))
 
 
+_RULES = select(
+    Purpose.key, Purpose.legal_basis, Purpose.retention_days, Purpose.consent_valid_days, PurposeCategory.category
+).outerjoin(PurposeCategory, PurposeCategory.purpose == Purpose.key)
+_RULES_OF = _RULES.where(Purpose.key.in_(bindparam("keys", expanding=True)))
+
+
 def rules(session: Session, keys: Iterable[str] | None = None) -> dict[str, PurposeRule]:
-    """The rules of the given purposes (all purposes when None), read fresh from the database."""
-    query = select(Purpose.key, Purpose.legal_basis, Purpose.retention_days, Purpose.consent_valid_days)
-    policy = select(PurposeCategory.purpose, PurposeCategory.category)
-    if keys is not None:
-        wanted = list(set(keys))
-        query = query.where(Purpose.key.in_(wanted))
-        policy = policy.where(PurposeCategory.purpose.in_(wanted))
-    categories: dict[str, set[str]] = {}
-    for purpose, category in session.execute(policy):
-        categories.setdefault(purpose, set()).add(category)
+    """The rules of the given purposes (all purposes when None), read fresh from the database in
+    one query: every view and every event batch asks, so it must stay cheap."""
+    result = rows(session, _RULES) if keys is None else rows(session, _RULES_OF, {"keys": sorted(set(keys))})
+    found: dict[str, tuple[str, int, int, set[str]]] = {}
+    for key, basis, retention, valid, category in result:
+        entry = found.setdefault(key, (basis, retention, valid, set()))
+        if category is not None:
+            entry[3].add(category)
     return {
-        key: PurposeRule(key, basis, retention, valid, frozenset(categories.get(key, ())))
-        for key, basis, retention, valid in session.execute(query)
+        key: PurposeRule(key, basis, retention, valid, frozenset(categories))
+        for key, (basis, retention, valid, categories) in found.items()
     }
 
 

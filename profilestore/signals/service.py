@@ -16,13 +16,35 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, text, update
+from sqlalchemy import (
+    Executable,
+    Float,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    false,
+    func,
+    literal_column,
+    not_,
+    or_,
+    select,
+    text,
+    tuple_,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from profilestore.config import SignalSettings
 from profilestore.crypto.service import SubjectCipher, Vault
+from profilestore.kit.sql import rows
+from profilestore.kit.sqlexpr import any_value, decayed, greatest
 from profilestore.purposes.rules import covers
 from profilestore.signals.models import Signal
 from profilestore.signals.types import Behaviour
@@ -56,41 +78,99 @@ def price_band(price: Any, bands: list[float]) -> str | None:
     return f"{lower:g}+"
 
 
-def _lookup(properties: Mapping[str, Any], path: str) -> Any:
+def _lookup(properties: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     current: Any = properties
-    for part in path.split("."):
-        if not isinstance(current, Mapping) or part not in current:
+    for part in path:
+        if not isinstance(current, dict) or part not in current:
             return None
         current = current[part]
     return current
 
 
+class Extractor:
+    """The configured mapping from event properties to (dimension, value) pairs, prepared once
+    for a batch; a text value met again is normalised once."""
+
+    def __init__(self, settings: SignalSettings) -> None:
+        self._paths = [
+            (dimension, [tuple(path.split(".")) for path in paths])
+            for dimension, paths in settings.event_dimensions.items()
+        ]
+        self._bands = settings.price_bands
+        self._normalised: dict[str, str | None] = {}
+
+    def _normalise(self, raw: Any) -> str | None:
+        if type(raw) is not str:
+            return normalise_value(raw)
+        found = self._normalised.get(raw, "")
+        if found == "":
+            found = self._normalised[raw] = normalise_value(raw)
+        return found
+
+    def __call__(self, properties: Mapping[str, Any]) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        for dimension, paths in self._paths:
+            for path in paths:
+                raw = _lookup(properties, path)
+                if raw is None:
+                    continue
+                if dimension == "price_band":
+                    band = price_band(raw, self._bands)
+                    if band:
+                        found.append((dimension, band))
+                else:
+                    values = raw if isinstance(raw, list) else [raw]
+                    found.extend((dimension, v) for v in {self._normalise(x) for x in values[:20]} if v)
+                break
+        return found
+
+
 def extract(properties: Mapping[str, Any], settings: SignalSettings) -> list[tuple[str, str]]:
     """(dimension, value) pairs an event's properties speak to, by the configured mapping."""
-    found: list[tuple[str, str]] = []
-    for dimension, paths in settings.event_dimensions.items():
-        for path in paths:
-            raw = _lookup(properties, path)
-            if raw is None:
-                continue
-            if dimension == "price_band":
-                band = price_band(raw, settings.price_bands)
-                if band:
-                    found.append((dimension, band))
-            else:
-                values = raw if isinstance(raw, list) else [raw]
-                found.extend((dimension, v) for v in {normalise_value(x) for x in values[:20]} if v)
-            break
-    return found
+    return Extractor(settings)(properties)
 
 
 def value_index(vault: Vault, dimension: str, value: str) -> bytes:
     return vault.blind_index(f"signal:{dimension}", value)
 
 
-def row_key(dimension: str, index: bytes, category: str, epoch: datetime) -> str:
-    """The associated-data row key of a signal's encrypted value."""
-    return f"{dimension}|{index.hex()}|{category}|{epoch.isoformat()}"
+def row_key(dimension: str, index: bytes) -> str:
+    """The associated-data row key of a signal's encrypted value: the value, not its bucket, so
+    that any bucket's copy serves a view (they are interchangeable: the same value)."""
+    return f"{dimension}|{index.hex()}"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What one event says, worked out before its subject is known: its weight decayed to the
+    batch's reference time, and the (dimension, value index, value) triples it speaks to."""
+
+    contribution: float
+    occurred_at: datetime
+    values: tuple[tuple[str, bytes, str], ...]
+
+
+class EvidenceReader:
+    """Turns events into ``Evidence``; a value seen again in the same batch is hashed once."""
+
+    def __init__(self, vault: Vault, settings: SignalSettings, now: datetime) -> None:
+        self._vault = vault
+        self._settings = settings
+        self._now = now
+        self._extract = Extractor(settings)
+        self._indexes: dict[tuple[str, str], bytes] = {}
+
+    def read(self, event_type: str, occurred_at: datetime, properties: Mapping[str, Any]) -> Evidence:
+        settings = self._settings
+        weight = settings.type_weights.get(event_type, settings.default_weight)
+        values = []
+        for dimension, value in self._extract(properties):
+            index = self._indexes.get((dimension, value))
+            if index is None:
+                index = self._indexes[(dimension, value)] = value_index(self._vault, dimension, value)
+            values.append((dimension, index, value))
+        contribution = decay(weight, occurred_at, self._now, settings.half_life_days)
+        return Evidence(contribution, occurred_at, tuple(values))
 
 
 @dataclass
@@ -101,123 +181,89 @@ class _Pending:
     last_seen: datetime
 
 
+SignalKey = tuple[str, str, bytes, str, datetime]  # subject, dimension, value index, category, epoch
+
+
+@lru_cache(maxsize=8)
+def _upsert_statement(dialect: str, half_life_days: float) -> Executable:
+    """Insert a signal row, or fold the new evidence into the row already there: its score decayed
+    to the new reference time, plus the new score; evidence added; the later last-seen kept. The
+    database does the arithmetic, so a batch never reads the rows it updates."""
+    table = cast(Table, Signal.__table__)
+    insert_ = pg_insert(table) if dialect == "postgresql" else sqlite_insert(table)
+    new = insert_.excluded
+    return insert_.on_conflict_do_update(
+        index_elements=[table.c.subject_id, table.c.dimension, table.c.value_index, table.c.category, table.c.epoch],
+        set_={
+            "score": decayed(table.c.score, table.c.score_at, new.score_at, literal_column(repr(half_life_days)))
+            + new.score,
+            "score_at": new.score_at,
+            "evidence": table.c.evidence + new.evidence,
+            "last_seen": greatest(table.c.last_seen, new.last_seen),
+        },
+    )
+
+
 @dataclass
 class SignalWriter:
     """Collects one batch's evidence, then writes each touched signal row once."""
 
-    vault: Vault
     settings: SignalSettings
     now: datetime
-    pending: dict[tuple[str, str, bytes, str, datetime], _Pending] = field(default_factory=dict)
+    pending: dict[SignalKey, _Pending] = field(default_factory=dict)
 
-    def add_event(
-        self,
-        subject_id: str,
-        category: str,
-        epoch: datetime,
-        event_type: str,
-        occurred_at: datetime,
-        properties: Mapping[str, Any],
-    ) -> None:
-        weight = self.settings.type_weights.get(event_type, self.settings.default_weight)
-        contribution = decay(weight, occurred_at, self.now, self.settings.half_life_days)
-        for dimension, value in extract(properties, self.settings):
-            key = (subject_id, dimension, value_index(self.vault, dimension, value), category, epoch)
+    def add(self, subject_id: str, category: str, epoch: datetime, evidence: Evidence) -> None:
+        for dimension, index, value in evidence.values:
+            key = (subject_id, dimension, index, category, epoch)
             entry = self.pending.get(key)
             if entry is None:
-                self.pending[key] = _Pending(value, contribution, 1, occurred_at)
+                self.pending[key] = _Pending(value, evidence.contribution, 1, evidence.occurred_at)
             else:
-                entry.score += contribution
+                entry.score += evidence.contribution
                 entry.evidence += 1
-                entry.last_seen = max(entry.last_seen, occurred_at)
+                if evidence.occurred_at > entry.last_seen:
+                    entry.last_seen = evidence.occurred_at
 
     def flush(self, session: Session, ciphers: Mapping[str, SubjectCipher]) -> int:
-        """Write the batch's signals; returns the number of rows touched."""
+        """Write the batch's signals, one upsert per row; returns the number of rows touched."""
         if not self.pending:
             return 0
-        subjects = sorted({key[0] for key in self.pending})
-        lock_subjects(session, subjects)
-        existing = {
-            (r.subject_id, r.dimension, bytes(r.value_index), r.category, r.epoch): r
-            for r in session.execute(
-                select(
-                    Signal.subject_id,
-                    Signal.dimension,
-                    Signal.value_index,
-                    Signal.category,
-                    Signal.epoch,
-                    Signal.score,
-                    Signal.score_at,
-                    Signal.evidence,
-                    Signal.last_seen,
-                ).where(
-                    Signal.subject_id.in_(subjects),
-                    Signal.value_index.in_(sorted({key[2] for key in self.pending})),
-                )
-            )
-        }
-        updates, inserts = [], []
-        half_life = self.settings.half_life_days
-        for key, entry in self.pending.items():
+        lock_subjects(session, {key[0] for key in self.pending})
+        rows = []
+        # In key order: two writers of the same rows (PostgreSQL) meet them in the same order.
+        for key in sorted(self.pending):
             subject_id, dimension, index, category, epoch = key
-            old = existing.get(key)
-            if old is not None:
-                updates.append(
-                    {
-                        "k_subject": subject_id,
-                        "k_dimension": dimension,
-                        "k_index": index,
-                        "k_category": category,
-                        "k_epoch": epoch,
-                        "score": decay(old.score, old.score_at, self.now, half_life) + entry.score,
-                        "score_at": self.now,
-                        "evidence": old.evidence + entry.evidence,
-                        "last_seen": max(old.last_seen, entry.last_seen),
-                    }
-                )
-            else:
-                cipher = ciphers[subject_id]
-                inserts.append(
-                    {
-                        "subject_id": subject_id,
-                        "dimension": dimension,
-                        "value_index": index,
-                        "category": category,
-                        "epoch": epoch,
-                        "value_ct": cipher.encrypt(
-                            TABLE, "value", row_key(dimension, index, category, epoch), entry.value.encode()
-                        ),
-                        "score": entry.score,
-                        "score_at": self.now,
-                        "evidence": entry.evidence,
-                        "last_seen": entry.last_seen,
-                    }
-                )
-        table = cast(Table, Signal.__table__)
-        if inserts:
-            session.execute(insert(table), inserts)
-        if updates:
-            # Core executemany by primary key: one statement, one round trip per chunk.
-            session.execute(
-                update(table)
-                .where(
-                    table.c.subject_id == bindparam("k_subject"),
-                    table.c.dimension == bindparam("k_dimension"),
-                    table.c.value_index == bindparam("k_index"),
-                    table.c.category == bindparam("k_category"),
-                    table.c.epoch == bindparam("k_epoch"),
-                )
-                .values(
-                    score=bindparam("score"),
-                    score_at=bindparam("score_at"),
-                    evidence=bindparam("evidence"),
-                    last_seen=bindparam("last_seen"),
-                ),
-                updates,
+            entry = self.pending[key]
+            sealed = ciphers[subject_id].encrypt(TABLE, "value", row_key(dimension, index), entry.value.encode())
+            rows.append(
+                {
+                    "subject_id": subject_id,
+                    "dimension": dimension,
+                    "value_index": index,
+                    "category": category,
+                    "epoch": epoch,
+                    "value_ct": sealed,
+                    "score": entry.score,
+                    "score_at": self.now,
+                    "evidence": entry.evidence,
+                    "last_seen": entry.last_seen,
+                }
             )
+        dialect = session.get_bind().dialect.name
+        session.execute(_upsert_statement(dialect, self.settings.half_life_days), rows)
         touched = len(self.pending)
         self.pending.clear()
         return touched
+
+
+def forget(session: Session, subject_id: str, buckets: Iterable[tuple[str, datetime]] | None = None) -> None:
+    """Delete a subject's signals (only the given (category, epoch) buckets, when given), to be
+    rebuilt from events."""
+    lock_subjects(session, [subject_id])
+    query = delete(Signal).where(Signal.subject_id == subject_id)
+    if buckets is not None:
+        query = query.where(tuple_(Signal.category, Signal.epoch).in_(sorted(buckets)))
+    session.execute(query)
 
 
 def lock_subjects(session: Session, subject_ids: Iterable[str]) -> None:
@@ -237,7 +283,7 @@ def absorb(
         return
     lock_subjects(session, [source.subject_id, target.subject_id])
     for row in moving:
-        key = row_key(row.dimension, bytes(row.value_index), row.category, row.epoch)
+        key = row_key(row.dimension, bytes(row.value_index))
         value = source.decrypt(TABLE, "value", key, row.value_ct)
         session.delete(row)
         session.flush()
@@ -267,6 +313,20 @@ def absorb(
         session.flush()
 
 
+def covered_by(column: ColumnElement[str], categories: frozenset[str]) -> ColumnElement[bool]:
+    """SQL for ``covers(categories, column)``: the category is one of them or beneath one."""
+    if not categories:
+        return false()
+    return or_(*(or_(column == c, column.startswith(c + ".", autoescape=True)) for c in sorted(categories)))
+
+
+def admitted(
+    category: ColumnElement[str], epoch: ColumnElement[datetime], categories: frozenset[str]
+) -> ColumnElement[bool]:
+    """SQL: collected at or after the bound ``min_epoch``, in a category the policy covers."""
+    return and_(epoch >= bindparam("min_epoch", type_=epoch.type), covered_by(category, categories))
+
+
 @dataclass(frozen=True)
 class Permitted:
     """What a view may count: categories its policy covers, evidence stamped at or after an epoch."""
@@ -277,12 +337,44 @@ class Permitted:
     def admits(self, category: str, epoch: datetime) -> bool:
         return epoch >= self.min_epoch and covers(self.categories, category)
 
+    def clause(self, category: ColumnElement[str], epoch: ColumnElement[datetime]) -> ColumnElement[bool]:
+        """SQL for ``admits``, with the epoch as the bound parameter ``min_epoch`` (``params``
+        gives its value): a statement built from it serves every subject under the same policy."""
+        return admitted(category, epoch, self.categories)
 
-@dataclass
-class LeftOut:
-    """Evidence a view did not count, by dimension, category and reason (for ``explain``)."""
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"min_epoch": self.min_epoch}
 
-    counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+
+@dataclass(frozen=True)
+class Reading:
+    """A view's behavioural evidence: the strongest values of each dimension (plus any asked for
+    by index), and the permitted evidence of each dimension in all."""
+
+    values: list[Behaviour]
+    volumes: dict[str, int]
+
+
+@lru_cache(maxsize=256)
+def _read_statement(categories: frozenset[str]) -> Select[Any]:
+    """The statement behind ``read`` for one policy (its categories are part of the statement;
+    everything else is a parameter). Building it costs more than running it, hence the cache."""
+    s = Signal.__table__.c
+    now = bindparam("now", type_=s.score_at.type)
+    return (
+        select(
+            s.dimension,
+            s.value_index,
+            func.sum(decayed(s.score, s.score_at, now, bindparam("half_life", type_=Float()))),
+            func.sum(s.evidence),
+            func.max(s.last_seen),
+            # Every bucket of a value holds the same value, sealed for the value, not the bucket.
+            any_value(s.value_ct),
+        )
+        .where(s.subject_id == bindparam("subject_id"), admitted(s.category, s.epoch, categories))
+        .group_by(s.dimension, s.value_index)
+    )
 
 
 def read(
@@ -291,45 +383,48 @@ def read(
     permitted: Permitted,
     settings: SignalSettings,
     now: datetime,
-    left_out: LeftOut | None = None,
-) -> list[Behaviour]:
-    """The subject's behavioural signals that ``permitted`` admits, summed across buckets and
-    decayed to ``now``: one indexed query by subject, one decryption per value."""
+    *,
+    limit: int,
+    also: Iterable[bytes] = (),
+) -> Reading:
+    """The subject's permitted behavioural signals, summed across buckets, decayed to ``now``:
+    the ``limit`` strongest values per dimension, and the values whose index is in ``also``.
+
+    One statement filters, decays and sums in the database, one row per value; only the values
+    returned are decrypted, so the work done in Python stays near the size of the view.
+    """
+    params = {"subject_id": cipher.subject_id, "now": now, "half_life": settings.half_life_days, **permitted.params}
+    by_dimension: dict[str, list[tuple[float, bytes, int, datetime, bytes]]] = {}
+    for dimension, index, score, evidence, last_seen, value_ct in rows(
+        session, _read_statement(permitted.categories), params
+    ):
+        by_dimension.setdefault(dimension, []).append((score, bytes(index), int(evidence), last_seen, value_ct))
+    wanted = set(also)
+    found, volumes = [], {}
+    for dimension, values in by_dimension.items():
+        volumes[dimension] = sum(v[2] for v in values)
+        values.sort(key=lambda v: v[0], reverse=True)
+        # Keep every value tied with the last one kept: the ranking breaks ties by value, which
+        # only the decrypted values show.
+        floor = values[limit - 1][0] if len(values) > limit else None
+        for score, index, evidence, last_seen, value_ct in values:
+            if floor is None or score >= floor or index in wanted:
+                value = cipher.decrypt(TABLE, "value", row_key(dimension, index), value_ct)
+                found.append(Behaviour(dimension, value.decode(), score, evidence, last_seen))
+    return Reading(found, volumes)
+
+
+def left_out(session: Session, subject_id: str, permitted: Permitted) -> Counter[tuple[str, str, str]]:
+    """Evidence a view does not count, by (dimension, category, reason): for ``explain``."""
+    s = Signal.__table__.c
     rows = session.execute(
-        select(
-            Signal.dimension,
-            Signal.value_index,
-            Signal.category,
-            Signal.epoch,
-            Signal.value_ct,
-            Signal.score,
-            Signal.score_at,
-            Signal.evidence,
-            Signal.last_seen,
-        ).where(Signal.subject_id == cipher.subject_id)
+        select(s.dimension, s.category, s.evidence).where(
+            s.subject_id == subject_id, not_(permitted.clause(s.category, s.epoch))
+        ),
+        permitted.params,
     )
-    totals: dict[tuple[str, bytes], list[Any]] = {}
-    for r in rows:
-        if not permitted.admits(r.category, r.epoch):
-            if left_out is not None:
-                why = (
-                    "category_not_in_policy"
-                    if not covers(permitted.categories, r.category)
-                    else "collected_before_consent"
-                )
-                left_out.counts[(r.dimension, r.category, why)] += r.evidence
-            continue
-        score = decay(r.score, r.score_at, now, settings.half_life_days)
-        key = (r.dimension, bytes(r.value_index))
-        total = totals.get(key)
-        if total is None:
-            totals[key] = [r, score, r.evidence, r.last_seen]
-        else:
-            total[1] += score
-            total[2] += r.evidence
-            total[3] = max(total[3], r.last_seen)
-    result = []
-    for (dimension, index), (first, score, evidence, last_seen) in totals.items():
-        value = cipher.decrypt(TABLE, "value", row_key(dimension, index, first.category, first.epoch), first.value_ct)
-        result.append(Behaviour(dimension, value.decode(), score, evidence, last_seen))
-    return result
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for dimension, category, evidence in rows:
+        why = "category_not_in_policy" if not covers(permitted.categories, category) else "collected_before_consent"
+        counts[(dimension, category, why)] += evidence
+    return counts

@@ -10,7 +10,7 @@ Pure functions over already-permitted evidence, so the rule can be checked on it
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -43,8 +43,11 @@ def rank(
     declared_weight: float = 1.0,
     contradiction_min_evidence: int = 5,
     limit: int = 20,
+    volumes: Mapping[str, int] | None = None,
 ) -> dict[str, list[RankedSignal]]:
-    """Ranked signals per dimension."""
+    """Ranked signals per dimension. ``volumes`` is the behavioural evidence of each dimension in
+    all, when ``behaviour`` holds only its strongest values (and any declared ones); by default it
+    is summed from ``behaviour``."""
     behaved: dict[str, dict[str, Behaviour]] = {}
     for seen_one in behaviour:
         behaved.setdefault(seen_one.dimension, {})[seen_one.value] = seen_one
@@ -58,7 +61,7 @@ def rank(
     for dimension in sorted(set(behaved) | set(declared)):
         seen = behaved.get(dimension, {})
         said = declared.get(dimension, {})
-        volume = sum(b.evidence for b in seen.values())
+        volume = volumes.get(dimension, 0) if volumes is not None else sum(b.evidence for b in seen.values())
         signals = []
         for value in set(seen) | set(said):
             b, d = seen.get(value), said.get(value)

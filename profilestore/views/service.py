@@ -147,25 +147,28 @@ def _view(
 
     permitted = signals.Permitted(rule.categories, verdict.grant_epoch or EPOCH_ZERO)
     cipher = vault.cipher(subject_id)
-    left = signals.LeftOut() if q.explain else None
-    behaviour = signals.read(session, cipher, permitted, settings.signals, now, left)
     prefs, prefs_left = preferences.permitted(session, cipher, rule.categories, permitted.min_epoch)
+    declared = _declarations(prefs, settings)
+    limit = settings.views.max_values_per_dimension
+    # Declared values are fetched whatever their behavioural rank: evidence for them makes them "both".
+    also = {signals.value_index(vault, d.dimension, d.value) for d in declared}
+    reading = signals.read(session, cipher, permitted, settings.signals, now, limit=limit, also=also)
     ranked = ranking.rank(
-        behaviour,
-        _declarations(prefs, settings),
+        reading.values,
+        declared,
         declared_weight=settings.views.declared_weight,
         contradiction_min_evidence=settings.views.contradiction_min_evidence,
-        limit=settings.views.max_values_per_dimension,
+        limit=limit,
+        volumes=reading.volumes,
     )
     recent = None
     if "recent_events" in q.include:
-        recent = [RecentEvent(**e) for e in events.recent(session, cipher, permitted.admits, q.recent_limit)]
+        recent = [RecentEvent(**e) for e in events.recent(session, cipher, permitted, q.recent_limit)]
     explanation = None
     if q.explain:
-        assert left is not None
         left_out = [
             LeftOut(section="signals", dimension=d, category=c, reason=why, count=n)
-            for (d, c, why), n in sorted(left.counts.items())
+            for (d, c, why), n in sorted(signals.left_out(session, subject_id, permitted).items())
         ]
         left_out += [
             LeftOut(section="preferences", dimension=None, category=None, reason=why, count=n)

@@ -41,9 +41,14 @@ def _values(runtime: Runtime, subject_id: str) -> dict[tuple[str, str], int]:
     everything = signals.Permitted(frozenset({"user"}), EPOCH_ZERO)
     with runtime.db.transaction(write=False) as session:
         found = signals.read(
-            session, runtime.vault.cipher(subject_id), everything, runtime.settings.signals, datetime.now(UTC)
+            session,
+            runtime.vault.cipher(subject_id),
+            everything,
+            runtime.settings.signals,
+            datetime.now(UTC),
+            limit=1000,
         )
-    return {(b.dimension, b.value): b.evidence for b in found}
+    return {(b.dimension, b.value): b.evidence for b in found.values}
 
 
 def test_a_batch_becomes_one_row_per_dimension_and_value_with_evidence_last_seen_and_decayed_score(
