@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from profilestore.audit.models import AccessLogEntry
 from profilestore.db import Database
+from profilestore.kit.bulk import Bulk
 from profilestore.kit.chain import ChainWriter
 from profilestore.kit.ids import new_id
 from profilestore.kit.time import utcnow
@@ -63,6 +64,9 @@ def entries_for(session: Session, subject_ids: list[str]) -> list[AccessLogEntry
             select(AccessLogEntry).where(AccessLogEntry.subject_id.in_(subject_ids)).order_by(AccessLogEntry.seq)
         )
     )
+
+
+_INSERT_ENTRIES = Bulk(lambda _: insert(cast(Table, AccessLogEntry.__table__)))
 
 
 class AccessRecorder:
@@ -129,8 +133,8 @@ class AccessRecorder:
                     }
                     link = chain.append(entry)  # the entry's fields are exactly what _content hashes
                     rows.append({**entry, "seq": link.seq, "prev_hash": link.prev_hash, "hash": link.hash})
-                # A Core insert: at thousands of reads a second, ORM objects cost more than the reads.
-                session.execute(insert(cast(Table, AccessLogEntry.__table__)), rows)
+                # In bulk: at thousands of reads a second, ORM objects cost more than the reads.
+                _INSERT_ENTRIES.execute(session, rows)
         except Exception:
             with self._lock:
                 self._pending[:0] = batch

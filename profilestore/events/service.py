@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import Executable, Select, Table, bindparam, insert, select, tuple_
+from sqlalchemy import Select, Table, bindparam, insert, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -27,6 +27,7 @@ from profilestore.config import Settings
 from profilestore.consent import service as consent
 from profilestore.crypto.service import DecryptionError, SubjectCipher, Vault
 from profilestore.events.models import Event, EventReceipt
+from profilestore.kit.bulk import Bulk
 from profilestore.kit.errors import InvalidInput, PayloadTooLarge
 from profilestore.kit.ids import new_id
 from profilestore.kit.moving import move_subject_rows
@@ -35,9 +36,12 @@ from profilestore.purposes import service as purposes
 from profilestore.signals import service as signals
 
 TABLE = "events"
+# Properties as stored (sealed) and measured against the size limit: compact, UTF-8. One encoder
+# for every event: json.dumps with options builds a new one per call.
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IncomingEvent:
     """A validated event, before its subject is known."""
 
@@ -84,7 +88,7 @@ def prepare(
     latest = now + timedelta(seconds=settings.clock_skew_seconds)
     payloads = []
     for index, event in enumerate(events):
-        payload = json.dumps(event.properties, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+        payload = _JSON.encode(event.properties).encode()
         if len(payload) > limits.max_event_bytes:
             raise PayloadTooLarge(
                 f"event properties are {len(payload)} bytes; the limit is {limits.max_event_bytes}",
@@ -195,7 +199,7 @@ def store(
         )
         writer.add(subject_id, event.category, epoch, batch.evidence[index])
     if records:
-        session.execute(insert(cast(Table, Event.__table__)), records)
+        _INSERT_EVENTS.execute(session, records)
         writer.flush(session, ciphers)
     report.accepted = len(records)
     _count(report)
@@ -203,8 +207,7 @@ def store(
 
 
 def encrypt_properties(cipher: SubjectCipher, event_id: str, properties: dict[str, Any]) -> bytes:
-    payload = json.dumps(properties, separators=(",", ":"), ensure_ascii=False, default=str).encode()
-    return cipher.encrypt(TABLE, "properties", event_id, payload)
+    return cipher.encrypt(TABLE, "properties", event_id, _JSON.encode(properties).encode())
 
 
 def decrypt_properties(cipher: SubjectCipher, event_id: str, blob: bytes) -> dict[str, Any]:
@@ -212,11 +215,15 @@ def decrypt_properties(cipher: SubjectCipher, event_id: str, blob: bytes) -> dic
     return value
 
 
-@lru_cache(maxsize=4)
-def _claim_statement(dialect: str) -> Executable:
-    table = cast(Table, EventReceipt.__table__)
-    insert_ = pg_insert(table) if dialect == "postgresql" else sqlite_insert(table)
-    return insert_.on_conflict_do_nothing().returning(table.c.message_id)
+_INSERT_EVENTS = Bulk(lambda _: insert(cast(Table, Event.__table__)))
+_RECEIPTS = cast(Table, EventReceipt.__table__)
+_CLAIM = Bulk(
+    lambda dialect: (pg_insert if dialect == "postgresql" else sqlite_insert)(_RECEIPTS).on_conflict_do_nothing()
+)
+_CLAIMED_BY = select(_RECEIPTS.c.message_id, _RECEIPTS.c.event_id).where(
+    _RECEIPTS.c.client_id == bindparam("client_id"),
+    _RECEIPTS.c.message_id.in_(bindparam("message_ids", expanding=True)),
+)
 
 
 def _claim_message_ids(
@@ -231,14 +238,16 @@ def _claim_message_ids(
     if not admitted:
         return {}
     wanted = {batch.events[i].message_id: (new_id("evt"), sid) for i, sid, _ in admitted}
-    claimed = session.execute(
-        _claim_statement(session.get_bind().dialect.name),
-        [  # in key order: two batches claiming the same ids (PostgreSQL) meet them in one order
-            {"client_id": client_id, "message_id": m, "subject_id": sid, "event_id": eid, "received_at": now}
-            for m, (eid, sid) in sorted(wanted.items())
-        ],
-    )
-    return {m: wanted[m][0] for m in claimed.scalars()}
+    receipts = [  # in key order: two batches claiming the same ids (PostgreSQL) meet them in one order
+        {"client_id": client_id, "message_id": m, "subject_id": sid, "event_id": eid, "received_at": now}
+        for m, (eid, sid) in sorted(wanted.items())
+    ]
+    written = _CLAIM.execute(session, receipts)
+    if written == len(receipts):  # the usual case: no repeats, nothing more to ask
+        return {m: eid for m, (eid, _) in wanted.items()}
+    # Some were there already: a receipt is ours if it holds the event id we just made.
+    params = {"client_id": client_id, "message_ids": list(wanted)}
+    return {m: eid for m, eid in rows(session, _CLAIMED_BY, params) if wanted[m][0] == eid}
 
 
 def rebuild_signals(

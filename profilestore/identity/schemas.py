@@ -24,7 +24,9 @@ class Identifiers(BaseModel):
         return self
 
     def present(self) -> dict[str, str]:
-        return {k: v for k, v in self.model_dump().items() if v is not None}
+        # The fields' own values (every field is a plain str or None): an event batch asks a
+        # thousand times, and model_dump() would build and copy the whole model each time.
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 class ResolveIn(BaseModel):

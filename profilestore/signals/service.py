@@ -20,7 +20,6 @@ from functools import lru_cache
 from typing import Any, cast
 
 from sqlalchemy import (
-    Executable,
     Float,
     Select,
     Table,
@@ -39,10 +38,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.elements import ColumnElement
 
 from profilestore.config import SignalSettings
 from profilestore.crypto.service import SubjectCipher, Vault
+from profilestore.kit.bulk import Bulk
 from profilestore.kit.sql import rows
 from profilestore.kit.sqlexpr import any_value, decayed, greatest
 from profilestore.purposes.rules import covers
@@ -184,8 +185,7 @@ class _Pending:
 SignalKey = tuple[str, str, bytes, str, datetime]  # subject, dimension, value index, category, epoch
 
 
-@lru_cache(maxsize=8)
-def _upsert_statement(dialect: str, half_life_days: float) -> Executable:
+def _upsert(dialect: str, half_life_days: float) -> ClauseElement:
     """Insert a signal row, or fold the new evidence into the row already there: its score decayed
     to the new reference time, plus the new score; evidence added; the later last-seen kept. The
     database does the arithmetic, so a batch never reads the rows it updates."""
@@ -202,6 +202,11 @@ def _upsert_statement(dialect: str, half_life_days: float) -> Executable:
             "last_seen": greatest(table.c.last_seen, new.last_seen),
         },
     )
+
+
+@lru_cache(maxsize=8)
+def _upsert_for(half_life_days: float) -> Bulk:
+    return Bulk(lambda dialect: _upsert(dialect, half_life_days))
 
 
 @dataclass
@@ -249,8 +254,7 @@ class SignalWriter:
                     "last_seen": entry.last_seen,
                 }
             )
-        dialect = session.get_bind().dialect.name
-        session.execute(_upsert_statement(dialect, self.settings.half_life_days), rows)
+        _upsert_for(self.settings.half_life_days).execute(session, rows)
         touched = len(self.pending)
         self.pending.clear()
         return touched
