@@ -14,6 +14,7 @@ from profilestore.auth.models import Client, ClientPurpose
 from profilestore.auth.schemas import ClientCreated, ClientIn, ClientOut, Role
 from profilestore.kit.errors import InvalidInput, NotFound
 from profilestore.kit.ids import new_id
+from profilestore.kit.sql import fetch
 from profilestore.kit.time import utcnow
 from profilestore.purposes import service as purposes
 
@@ -91,12 +92,15 @@ def authenticate(connection: Connection | Session, key: str) -> Caller | None:
     request asks, and a revocation must end the key on the next request to any process)."""
     if not key.startswith(KEY_PREFIX) or len(key) > 200:
         return None
-    rows = connection.execute(_BY_KEY, {"digest": _digest(key)}).all()
-    if not rows or rows[0].revoked_at is not None:
+    if isinstance(connection, Session):
+        connection = connection.connection()
+    found = fetch(connection, _BY_KEY, {"digest": _digest(key)})
+    if not found:
         return None
-    first = rows[0]
-    purposes_ = frozenset(r.purpose for r in rows if r.purpose is not None)
-    return Caller(first.id, first.name, Role(first.role), purposes_)
+    client_id, name, role, revoked_at, _ = found[0]
+    if revoked_at is not None:
+        return None
+    return Caller(client_id, name, Role(role), frozenset(purpose for *_, purpose in found if purpose is not None))
 
 
 def list_clients(session: Session) -> list[ClientOut]:

@@ -353,12 +353,10 @@ def _states(session: Session, subject_id: str, purposes_: Sequence[str] | None =
 
 
 def effective_status(session: Session, subject_id: str, purpose: PurposeRule, now: datetime | None = None) -> Effective:
-    """Whether ``purpose`` may be used for the subject now (hierarchy, expiry, legal basis). Reads
-    only the states of the purpose and those above it: the only ones that can decide."""
+    """Whether ``purpose`` may be used for the subject now (hierarchy, expiry, legal basis)."""
     if not purpose.needs_consent:
         return effective(purpose.key, False, {}, now or utcnow())
-    states = _states(session, subject_id, ancestors(purpose.key))
-    return effective(purpose.key, True, states, now or utcnow())
+    return effective(purpose.key, True, _states(session, subject_id), now or utcnow())
 
 
 def in_force(session: Session, subject_id: str, now: datetime | None = None) -> dict[str, Effective]:

@@ -27,6 +27,7 @@ from profilestore.crypto.keyring import MasterKeyError, MasterKeyring
 from profilestore.crypto.models import DataKey, KeystoreMeta
 from profilestore.db import Database
 from profilestore.kit.errors import Unavailable
+from profilestore.kit.sql import fetch
 from profilestore.kit.time import utcnow
 
 VERSION = b"\x01"
@@ -84,9 +85,9 @@ class SubjectCipher:
             raise DecryptionError("ciphertext does not belong to this row") from exc
 
 
-_KEYS_OF = select(
-    DataKey.key_id, DataKey.subject_id, DataKey.is_primary, DataKey.master_key_id, DataKey.wrapped_key
-).where(DataKey.subject_id.in_(bindparam("subjects", expanding=True)))
+_KEYS = select(DataKey.key_id, DataKey.subject_id, DataKey.is_primary, DataKey.master_key_id, DataKey.wrapped_key)
+_KEYS_OF = _KEYS.where(DataKey.subject_id.in_(bindparam("subjects", expanding=True)))
+_KEYS_OF_ONE = _KEYS.where(DataKey.subject_id == bindparam("subject"))
 
 
 def _insert_ignore(session: Session, table: type[KeystoreMeta], values: dict[str, object]) -> None:
@@ -198,12 +199,15 @@ class Vault:
         # A plain connection, not a session: every view and batch comes here, and the key store is
         # read, never cached, so that a shredded key is gone for every process at once.
         with self.keystore.single_read() as connection:
-            rows = connection.execute(_KEYS_OF, {"subjects": sorted(owner)}).all()
-        for row in rows:
-            sid = owner[row.subject_id]
-            keys[sid][row.key_id] = self.keyring.unwrap(row.master_key_id, row.key_id.encode(), row.wrapped_key)
-            if row.is_primary and row.subject_id == sid:
-                primary[sid] = row.key_id
+            if len(owner) == 1:  # a view's case
+                rows = fetch(connection, _KEYS_OF_ONE, {"subject": next(iter(owner))})
+            else:
+                rows = fetch(connection, _KEYS_OF, {"subjects": sorted(owner)})
+        for key_id, subject_id, is_primary, master_key_id, wrapped_key in rows:
+            sid = owner[subject_id]
+            keys[sid][key_id] = self.keyring.unwrap(master_key_id, key_id.encode(), wrapped_key)
+            if is_primary and subject_id == sid:
+                primary[sid] = key_id
         missing = sorted(set(lineages) - set(primary))
         if missing:
             raise DecryptionError("a subject has no data key (erased, or its key was never created)")

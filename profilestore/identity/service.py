@@ -208,7 +208,10 @@ def known_by_indexes(session: Session, indexed: Sequence[tuple[bytes, ...]]) -> 
     owners = {
         bytes(ix): sid for ix, sid in rows(session, _OWNERS, {"indexes": sorted({i for s in indexed for i in s})})
     }
-    subjects = {r.id: r for r in rows(session, _SUBJECTS, {"subjects": sorted(set(owners.values()))})} if owners else {}
+    subjects = {}
+    if owners:
+        params = {"subjects": sorted(set(owners.values()))}
+        subjects = {sid: (status, created_at) for sid, status, created_at in rows(session, _SUBJECTS, params)}
     answers: dict[tuple[bytes, ...], Known | None] = {}  # a batch names few people, each many times
     for wanted in indexed:
         if wanted in answers:
@@ -217,9 +220,9 @@ def known_by_indexes(session: Session, indexed: Sequence[tuple[bytes, ...]]) -> 
         if not mine:
             answers[wanted] = None
             continue
-        oldest = min(mine, key=lambda sid: (subjects[sid].created_at, sid))
+        oldest = min(mine, key=lambda sid: (subjects[sid][1], sid))
         complete = len(mine) == 1 and all(ix in owners for ix in wanted)
-        answers[wanted] = Known(oldest, subjects[oldest].status, complete)
+        answers[wanted] = Known(oldest, subjects[oldest][0], complete)
     return [answers[wanted] for wanted in indexed]
 
 
