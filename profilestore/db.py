@@ -85,6 +85,9 @@ def create_db_engine(url: str, *, immediate: bool = False, **kwargs: Any) -> Eng
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        # Read pages through a memory map instead of read() calls into a small per-connection
+        # cache: random inserts into the growing event and receipt indexes read many pages.
+        cursor.execute("PRAGMA mmap_size=268435456")
         try:
             cursor.execute("SELECT pow(2.0, 0.5)")
         except sqlite3.OperationalError:
