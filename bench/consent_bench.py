@@ -2,14 +2,16 @@
 
 1. **http consent posts**: a fresh store (embedded default: SQLite data file + separate SQLite key
    store + generated master key, in a temporary folder; or the data database at ``--database-url``)
-   behind a real uvicorn server on a free localhost port. ``--concurrency`` threads, each with its
-   own ``httpx.Client``, send the workload's consent posts (``bench/workload.py``) and time each
-   request. Every answer must be 201.
+   served by the real CLI, ``profilestore serve --workers N``, in its own process tree on a free
+   localhost port. ``--concurrency`` threads, each with its own ``httpx.Client``, send the
+   workload's consent posts (``bench/workload.py``) and time each request. Every answer must be
+   201. The server's CPU (parent and workers) is measured over the timed posts.
 2. **bare SQL insert**: the rows the same posts write to the ledger (a subject per new person, its
    identifiers with a 32-byte blind index and a ciphertext-sized blob, one consent record per
    decision, the consent state per purpose) inserted with SQLAlchemy Core into a fresh migrated
-   database of the same kind, one transaction per post, with the same concurrency: no HTTP, no
-   crypto, no validation, no reads. The floor the product's write path stands on.
+   database of the same kind, one transaction per post, with the same concurrency, in this
+   process: no HTTP, no crypto, no validation, no reads. The floor the product's write path
+   stands on.
 
 Run: ``.venv/bin/profilestore bench consent --posts 2000`` or ``python bench/consent_bench.py --help``.
 """
@@ -20,53 +22,44 @@ import argparse
 import contextlib
 import hashlib
 import json
-import logging
-import math
 import os
-import platform
 import random
-import resource
-import shutil
-import signal
-import socket
-import sqlite3
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from importlib import metadata
-from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/consent_bench.py` and `profilestore bench` alike
     sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-import uvicorn  # noqa: E402
-from sqlalchemy import Connection, create_engine, func, inspect, select, text  # noqa: E402
+from sqlalchemy import Connection, text  # noqa: E402
 from sqlalchemy.dialects.postgresql import insert as pg_insert  # noqa: E402
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
+from bench.common import (  # noqa: E402
+    Failed,
+    Phase,
+    Store,
+    load_average,
+    machine_info,
+    open_store,
+    quiet,
+    row_counts,
+    run_concurrently,
+    stop_on_sigterm,
+)
 from bench.workload import GPC_PURPOSES, ConsentPost, Workload, generate  # noqa: E402
 from profilestore import migrate  # noqa: E402
-from profilestore.app import create_app  # noqa: E402
-from profilestore.auth.schemas import ClientIn, Role  # noqa: E402
-from profilestore.auth.service import create_client  # noqa: E402
-from profilestore.config import Environment, Settings  # noqa: E402
+from profilestore.config import Settings  # noqa: E402
 from profilestore.db import Database  # noqa: E402
 from profilestore.kit.ids import new_id  # noqa: E402
 from profilestore.models import Base  # noqa: E402
-from profilestore.runtime import Runtime  # noqa: E402
-
-T = TypeVar("T")
-S = TypeVar("S")
 
 HTTP = "http consent posts"
 BASELINE = "bare SQL insert"
@@ -75,249 +68,6 @@ LEDGER_TABLES = ("subjects", "identifiers", "consent_records", "consent_state")
 OTHER_TABLES = ("subject_merges", "access_log", "idempotency_keys", "chain_heads")
 CONSENT_VALID_DAYS: int = Settings.model_fields["default_consent_valid_days"].default
 STATE_COLUMNS = ("status", "record_id", "collected_at", "expires_at", "grant_started_at", "grant_epoch", "updated_at")
-
-
-# -- measuring ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Phase:
-    """What one timed run of posts produced."""
-
-    name: str
-    posts: int = 0
-    seconds: float = 0.0
-    cpu_seconds: float = 0.0
-    latencies: list[float] = field(default_factory=list)
-    errors: int = 0
-    not_sent: int = 0
-    error_samples: list[str] = field(default_factory=list)
-
-    @property
-    def rate(self) -> float:
-        return self.posts / self.seconds if self.seconds else 0.0
-
-    def percentile_ms(self, q: float) -> float:
-        """Nearest-rank percentile of the request latencies, in milliseconds."""
-        if not self.latencies:
-            return math.nan
-        ordered = sorted(self.latencies)
-        rank = max(1, math.ceil(q / 100 * len(ordered)))
-        return ordered[rank - 1] * 1000
-
-    def summary(self, reference: Phase | None) -> dict[str, Any]:
-        ratio = self.rate / reference.rate if reference is not None and reference.rate else None
-        return {
-            "name": self.name,
-            "posts": self.posts,
-            "seconds": round(self.seconds, 3),
-            "posts_per_s": round(self.rate, 1),
-            "p50_ms": round(self.percentile_ms(50), 2),
-            "p90_ms": round(self.percentile_ms(90), 2),
-            "p99_ms": round(self.percentile_ms(99), 2),
-            "max_ms": round(self.percentile_ms(100), 2),
-            "mean_ms": round(sum(self.latencies) / len(self.latencies) * 1000, 2) if self.latencies else None,
-            "errors": self.errors,
-            "not_sent": self.not_sent,
-            "error_samples": self.error_samples,
-            "process_cpu_s": round(self.cpu_seconds, 3),
-            "cpu_ms_per_post": round(self.cpu_seconds / self.posts * 1000, 3) if self.posts else None,
-            "ratio_to_baseline": round(ratio, 4) if ratio is not None else None,
-        }
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-class _Failed(Exception):
-    """A post that did not get the answer it should have."""
-
-
-def run_concurrently(
-    name: str,
-    items: Sequence[T],
-    concurrency: int,
-    open_worker: Callable[[], contextlib.AbstractContextManager[S]],
-    send: Callable[[S, T], None],
-    deadline: float,
-) -> Phase:
-    """Send ``items`` from ``concurrency`` threads, each with its own state (a client, a connection)
-    and time each one. The threads take the next item from a shared cursor, so the order of
-    submission is the workload's order. Items not started by ``deadline`` are counted as not sent.
-    An interrupt (Ctrl-C, SIGTERM) stops the threads before it propagates."""
-    phase = Phase(name)
-    lock = threading.Lock()
-    cursor = iter(range(len(items)))
-    ready = threading.Barrier(concurrency + 1)
-    stop = threading.Event()
-    broken: list[str] = []
-
-    def run(state: S) -> None:
-        while not stop.is_set():
-            with lock:
-                index = next(cursor, None)
-            if index is None:
-                return
-            if time.monotonic() > deadline:
-                with lock:
-                    phase.not_sent += 1
-                continue
-            started = time.perf_counter()
-            try:
-                send(state, items[index])
-            except Exception as exc:  # every failure is counted and reported, none stops the run
-                elapsed = time.perf_counter() - started
-                with lock:
-                    phase.errors += 1
-                    phase.latencies.append(elapsed)
-                    if len(phase.error_samples) < 5:
-                        phase.error_samples.append(f"post {index}: {type(exc).__name__}: {exc}"[:400])
-                continue
-            elapsed = time.perf_counter() - started
-            with lock:
-                phase.posts += 1
-                phase.latencies.append(elapsed)
-
-    def worker() -> None:
-        try:
-            with open_worker() as state:
-                ready.wait(timeout=120)
-                run(state)
-        except threading.BrokenBarrierError:
-            return
-        except Exception as exc:  # a worker that cannot start (no connection): stop them all
-            broken.append(f"{type(exc).__name__}: {exc}")
-            ready.abort()
-
-    threads = [threading.Thread(target=worker, name=f"{name}-{i}", daemon=True) for i in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    try:
-        ready.wait(timeout=120)
-        cpu, wall = _cpu_seconds(), time.perf_counter()
-        for thread in threads:
-            thread.join()
-    except threading.BrokenBarrierError:
-        raise RuntimeError(f"{name}: a worker could not start: {broken[0] if broken else 'timed out'}") from None
-    finally:
-        stop.set()
-        ready.abort()
-        for thread in threads:
-            thread.join(timeout=30)
-    phase.seconds = time.perf_counter() - wall
-    phase.cpu_seconds = _cpu_seconds() - cpu
-    return phase
-
-
-# -- the server --------------------------------------------------------------------------------------
-
-
-class Server:
-    """uvicorn serving the app in a background thread, on a socket bound to a free local port."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind(("127.0.0.1", 0))
-        self.port = int(self._socket.getsockname()[1])
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            create_app(runtime=runtime), log_level="warning", access_log=False, timeout_graceful_shutdown=5
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._socket]}, name="uvicorn", daemon=True
-        )
-
-    def start(self, timeout: float = 20.0) -> None:
-        self._thread.start()
-        stop = time.monotonic() + timeout
-        with httpx.Client(base_url=self.url, timeout=2.0) as client:
-            while time.monotonic() < stop:
-                if not self._thread.is_alive():
-                    raise RuntimeError("the server thread exited during startup")
-                with contextlib.suppress(httpx.HTTPError):
-                    if self._server.started and client.get("/healthz").status_code == 200:
-                        return
-                time.sleep(0.05)
-        raise RuntimeError(f"the server did not answer /healthz within {timeout:.0f}s")
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        if self._thread.is_alive():
-            self._thread.join(timeout=15)
-        with contextlib.suppress(OSError):
-            self._socket.close()
-
-
-# -- PostgreSQL scratch databases --------------------------------------------------------------------
-
-
-class Postgres:
-    """Creates (and drops again) the scratch databases the bench needs on one server."""
-
-    def __init__(self, url: str) -> None:
-        self.url = make_url(url)
-        if not self.url.database:
-            raise SystemExit("--database-url must name a database")
-        self.maintenance = self.url.set(database="postgres").render_as_string(hide_password=False)
-        self.created: list[str] = []
-
-    def _admin(self, *statements: str) -> list[Any]:
-        engine = create_engine(self.maintenance, isolation_level="AUTOCOMMIT")
-        try:
-            with engine.connect() as conn:
-                rows = []
-                for statement in statements:
-                    result = conn.execute(text(statement))
-                    rows.append(result.all() if result.returns_rows else [])
-                return rows
-        finally:
-            engine.dispose()
-
-    def exists(self, name: str) -> bool:
-        rows = self._admin(f"SELECT 1 FROM pg_database WHERE datname = '{name}'")
-        return bool(rows[0])
-
-    def create(self, name: str) -> str:
-        self._admin(f'CREATE DATABASE "{name}"')
-        self.created.append(name)
-        return self.url.set(database=name).render_as_string(hide_password=False)
-
-    def prepare_main(self) -> str:
-        """The database named by --database-url: created when missing (and then dropped at the end);
-        an existing one must be empty, so the figures are those of a fresh store."""
-        name = str(self.url.database)
-        if not self.exists(name):
-            return self.create(name)
-        url = self.url.render_as_string(hide_password=False)
-        engine = create_engine(url)
-        try:
-            tables = inspect(engine).get_table_names()
-        finally:
-            engine.dispose()
-        if tables:
-            raise SystemExit(f"database '{name}' is not empty ({len(tables)} tables): give the bench a fresh one")
-        return url
-
-    def scratch(self, label: str) -> str:
-        """A new database ``<name>_<label>_<pid>``, dropped at the end."""
-        name = f"{self.url.database}_{label}_{os.getpid()}"
-        if self.exists(name):
-            raise SystemExit(f"database '{name}' already exists; drop it first")
-        return self.create(name)
-
-    def server_info(self) -> dict[str, str]:
-        rows = self._admin("SHOW server_version", "SHOW synchronous_commit", "SHOW fsync")
-        return {"server_version": rows[0][0][0], "synchronous_commit": rows[1][0][0], "fsync": rows[2][0][0]}
-
-    def drop_created(self) -> None:
-        for name in reversed(self.created):
-            with contextlib.suppress(Exception):
-                self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        self.created.clear()
 
 
 # -- the HTTP run ------------------------------------------------------------------------------------
@@ -338,23 +88,14 @@ def encode(posts: Sequence[ConsentPost]) -> list[Encoded]:
     ]
 
 
-def row_counts(connection: Connection, tables: Sequence[str]) -> dict[str, int]:
-    metadata_tables = Base.metadata.tables
-    return {
-        name: int(connection.execute(select(func.count()).select_from(metadata_tables[name])).scalar_one())
-        for name in tables
-    }
-
-
 def run_http(
-    runtime: Runtime, workload: Workload, warmup: int, concurrency: int, deadline: float
+    store: Store, workload: Workload, warmup: int, concurrency: int, workers: int, deadline: float
 ) -> tuple[Phase, dict[str, Any]]:
-    with runtime.db.transaction() as session:
-        admin = create_client(session, ClientIn(name="bench-admin", role=Role.admin)).key
-        collector = create_client(session, ClientIn(name="bench-collector", role=Role.collector)).key
-    server = Server(runtime)
-    server.start()
-    try:
+    """Serve ``store`` with ``profilestore serve --workers N``; publish the workload's notices,
+    send the warm-up posts untimed, then time the rest from ``concurrency`` clients (the server's
+    CPU measured over them), and verify the ledger. Row counts are read once the server stopped."""
+    admin, collector = store.keys["admin"], store.keys["collector"]
+    with store.served(workers) as server:
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {admin}"}, timeout=30) as client:
             for notice in workload.notices:
                 answer = client.post("/v1/notices", json=notice.body())
@@ -370,18 +111,19 @@ def run_http(
         def send(client: httpx.Client, post: Encoded) -> None:
             answer = client.post("/v1/consents", content=post.content, headers=post.headers)
             if answer.status_code != 201:
-                raise _Failed(f"{answer.status_code} {answer.text[:300]}")
+                raise Failed(f"{answer.status_code} {answer.text[:300]}")
 
         bodies = encode(workload.consents)
         warm = run_concurrently("warm-up", bodies[:warmup], concurrency, open_client, send, deadline)
         if warm.errors:
             print(f"warm-up: {warm.errors} errors, e.g. {warm.error_samples[0]}", file=sys.stderr)
+        server_cpu = server.cpu_seconds()
         phase = run_concurrently(HTTP, bodies[warmup:], concurrency, open_client, send, deadline)
+        phase.server_cpu_seconds = server.cpu_seconds() - server_cpu
 
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {admin}"}, timeout=300) as client:
             ledger = client.get("/v1/ledger/verify").json()
-    finally:
-        server.stop()
+    runtime = store.runtime
     with runtime.db.engine.connect() as conn:
         rows = row_counts(conn, (*LEDGER_TABLES, *OTHER_TABLES))
     with runtime.keystore.engine.connect() as conn:
@@ -532,79 +274,29 @@ def run_baseline(
 # -- report ------------------------------------------------------------------------------------------
 
 
-def machine_info(backend: str, data_dir: Path, postgres: Postgres | None) -> dict[str, Any]:
-    def version(package: str) -> str | None:
-        try:
-            return metadata.version(package)
-        except metadata.PackageNotFoundError:
-            return None
-
-    info: dict[str, Any] = {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "python_implementation": platform.python_implementation(),
-        "sqlite": sqlite3.sqlite_version,
-        "backend": backend,
-        "data_dir_filesystem": _filesystem(data_dir),
-        "uvicorn_http": "httptools" if find_spec("httptools") else "h11",
-        "uvicorn_loop": "uvloop" if find_spec("uvloop") else "asyncio",
-        "checkout": _checkout(),
-        "packages": {
-            p: version(p)
-            for p in (
-                "profilestore",
-                "fastapi",
-                "starlette",
-                "pydantic",
-                "sqlalchemy",
-                "uvicorn",
-                "httpx",
-                "cryptography",
-            )
-        },
+def summary(phase: Phase, reference: Phase | None) -> dict[str, Any]:
+    """One phase as the report shows it. ``cpu_ms_per_post`` is this process's CPU (the clients
+    for the HTTP phase, the inserting writers for a baseline); ``server_cpu_ms_per_post`` is the
+    served process tree's, for the HTTP phase."""
+    ratio = phase.rate / reference.rate if reference is not None and reference.rate else None
+    server_cpu = phase.server_cpu_seconds
+    return {
+        "name": phase.name,
+        "posts": phase.completed,
+        "seconds": round(phase.seconds, 3),
+        "posts_per_s": round(phase.rate, 1),
+        **phase.latency_summary(),
+        "errors": phase.errors,
+        "not_sent": phase.not_sent,
+        "error_samples": phase.error_samples,
+        "process_cpu_s": round(phase.cpu_seconds, 3),
+        "cpu_ms_per_post": round(phase.cpu_seconds / phase.completed * 1000, 3) if phase.completed else None,
+        "server_cpu_s": round(server_cpu, 3) if server_cpu is not None else None,
+        "server_cpu_ms_per_post": round(server_cpu / phase.completed * 1000, 3)
+        if server_cpu is not None and phase.completed
+        else None,
+        "ratio_to_baseline": round(ratio, 4) if ratio is not None else None,
     }
-    if postgres is not None:
-        info["postgresql"] = postgres.server_info()
-        info["psycopg"] = version("psycopg")
-    return info
-
-
-def _checkout() -> str | None:
-    """The commit of the source tree benchmarked, with ``+dirty`` when profilestore/ has local changes."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "profilestore", "migrations"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("+dirty" if dirty else "")
-
-
-def _filesystem(path: Path) -> str | None:
-    """The type of the filesystem holding ``path`` (Linux), e.g. ext4 or tmpfs: it decides fsync cost."""
-    try:
-        mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
-    except OSError:
-        return None
-    best, kind = "", None
-    resolved = str(path.resolve())
-    for fields in mounts:
-        if len(fields) < 3 or len(fields[1]) < len(best):
-            continue
-        if resolved == fields[1] or resolved.startswith(fields[1].rstrip("/") + "/"):
-            best, kind = fields[1], fields[2]
-    return kind
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -631,17 +323,20 @@ def table(results: list[dict[str, Any]]) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="profilestore bench consent",
-        description="Consent posts per second and latency over HTTP, against the bare SQL insert of the same rows.",
+        description="Consent posts per second and latency over HTTP to `profilestore serve`, against the bare SQL "
+        "insert of the same rows.",
     )
     parser.add_argument("--posts", type=int, default=2000, help="consent posts to time (default 2000)")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
+    parser.add_argument("--workers", type=int, default=1, help="server processes of `profilestore serve` (default 1)")
     parser.add_argument("--warmup", type=int, default=100, help="untimed posts sent first (default 100)")
     parser.add_argument("--seed", type=int, default=1, help="workload seed (default 1)")
     parser.add_argument("--json-out", type=Path, help="also write the JSON result to this file")
     parser.add_argument(
         "--database-url",
-        help="bench PostgreSQL: the data database (postgresql+psycopg://…/name), missing or empty; "
-        "the key store stays SQLite; the baseline uses a scratch database <name>_baseline_<pid>",
+        help="bench PostgreSQL: the data database (postgresql+psycopg://…/[name]), missing or empty, default name "
+        "bench_consent_<pid>; the key store stays SQLite; the baseline uses scratch databases <name>_baseline_<pid> "
+        "and <name>_serial_<pid>",
     )
     parser.add_argument(
         "--no-idempotency-keys",
@@ -653,73 +348,39 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--max-seconds", type=float, default=1800, help="stop sending after this long per run (default 1800)"
     )
     args = parser.parse_args(argv)
-    if args.posts < 1 or args.concurrency < 1 or args.warmup < 0:
-        parser.error("--posts and --concurrency must be at least 1, --warmup at least 0")
+    if args.posts < 1 or args.concurrency < 1 or args.workers < 1 or args.warmup < 0:
+        parser.error("--posts, --concurrency and --workers must be at least 1, --warmup at least 0")
     if args.database_url and not args.database_url.startswith("postgresql"):
         parser.error("--database-url must be a postgresql:// URL (the default is the embedded SQLite store)")
     return args
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)  # clean up (server, temp folder, scratch databases) on kill
-    # The embedded default generates a development master key and says so: expected here.
-    logging.getLogger("profilestore.crypto").setLevel(logging.ERROR)
-
-    load_before = [round(x, 2) for x in os.getloadavg()]
-    if load_before[0] > 1.0:
-        print(f"note: the machine is busy (load average {load_before[0]}): figures will be low", file=sys.stderr)
+    stop_on_sigterm()
+    quiet()
+    load_before = load_average(note_above=1.0)
     total = args.warmup + args.posts
     started = datetime.now(UTC)
     workload = generate(args.seed, total)
     if args.no_idempotency_keys:
         workload.strip_idempotency_keys()
     measured = workload.consents[args.warmup :]
-    postgres = Postgres(args.database_url) if args.database_url else None
-    backend = "postgresql" if postgres else "sqlite"
 
-    with contextlib.ExitStack() as cleanup:
-        tmp = Path(tempfile.mkdtemp(prefix="profilestore-bench-", dir=args.tmp_dir))
-        cleanup.callback(shutil.rmtree, tmp, True)
-        if postgres is not None:
-            cleanup.callback(postgres.drop_created)
-            database_url = postgres.prepare_main()
-            baseline_url = postgres.scratch("baseline")
-            serial_url = postgres.scratch("serial") if args.concurrency > 1 else ""
-        else:
-            database_url = None
-            baseline_url = f"sqlite:///{tmp / 'baseline' / 'profilestore.db'}"
-            serial_url = f"sqlite:///{tmp / 'serial' / 'profilestore.db'}"
-
-        settings = Settings(
-            environment=Environment.development,
-            data_dir=tmp / "store",
-            database_url=database_url,
-            keystore_url=None,
-            master_key=None,
-            master_key_file=None,
-        )
-        runtime = Runtime.from_settings(settings)
-        cleanup.callback(runtime.close)
-        runtime.migrate()
-
+    with open_store(args.database_url, args.tmp_dir, f"bench_consent_{os.getpid()}") as store:
+        backend = store.backend
         print(
             f"profilestore consent bench: {backend}, {args.posts} posts (+{args.warmup} warm-up), "
-            f"concurrency {args.concurrency}, seed {args.seed}",
+            f"concurrency {args.concurrency}, {args.workers} server worker(s), seed {args.seed}",
             file=sys.stderr,
         )
         http, http_extra = run_http(
-            runtime, workload, args.warmup, args.concurrency, time.monotonic() + args.max_seconds
+            store, workload, args.warmup, args.concurrency, args.workers, time.monotonic() + args.max_seconds
         )
         print(f"  http: {http.rate:.1f} posts/s; now the bare SQL insert of the same rows", file=sys.stderr)
         base, base_extra = run_baseline(
             BASELINE,
-            baseline_url,
+            store.scratch_url("baseline"),
             workload.consents,
             args.warmup,
             args.concurrency,
@@ -729,13 +390,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         phases = [http, base]
         if args.concurrency > 1:  # the same inserts from one writer: what lock contention costs
             serial, _ = run_baseline(
-                SERIAL, serial_url, workload.consents, args.warmup, 1, args.seed, time.monotonic() + args.max_seconds
+                SERIAL,
+                store.scratch_url("serial"),
+                workload.consents,
+                args.warmup,
+                1,
+                args.seed,
+                time.monotonic() + args.max_seconds,
             )
             phases.append(serial)
-        machine = machine_info(backend, tmp, postgres)
+        machine = machine_info(backend, store.tmp, store.postgres)
         machine["load_average_before"] = load_before
 
-    results = [phase.summary(base) for phase in phases]
+    results = [summary(phase, base) for phase in phases]
     report = {
         "benchmark": "consent_posts",
         "started_at": started.isoformat(),
@@ -743,6 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "posts": args.posts,
             "warmup": args.warmup,
             "concurrency": args.concurrency,
+            "workers": args.workers,
+            "server": "profilestore serve --workers N (separate process tree)",
             "seed": args.seed,
             "backend": backend,
             "idempotency_keys": not args.no_idempotency_keys,
@@ -757,7 +426,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "baseline": base_extra,
     }
     print()
-    print(f"consent posts — {backend}, concurrency {args.concurrency}, seed {args.seed}, {machine['cpu_count']} CPUs")
+    print(
+        f"consent posts — {backend}, concurrency {args.concurrency}, {args.workers} server worker(s), "
+        f"seed {args.seed}, {machine['cpu_count']} CPUs"
+    )
     print(table(results))
     print()
     print(json.dumps(report, indent=2, default=str))

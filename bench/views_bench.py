@@ -1,24 +1,26 @@
 """Purpose-bound view latency and throughput, in-process and over HTTP, beside a bare FastAPI
 endpoint doing the same primary-key lookup of the subject row.
 
-Setup: a fresh store (embedded default, or PostgreSQL with ``--database-url``) behind a real uvicorn
-server; three visitors give consent to ``personalize`` (cookie banner), declare one preference
-(interests) and send 10, 1,000 and 10,000 realistic shop events (``bench/events_bench.py``'s
-stream: ~30 categories, ~50 brands, prices) through ``POST /v1/events`` in 1,000-event batches.
+Setup: a fresh store (embedded default, or PostgreSQL with ``--database-url``) served by the real
+CLI, ``profilestore serve --workers N``, in its own process tree; three visitors give consent to
+``personalize`` (cookie banner), declare one preference (interests) and send 10, 1,000 and 10,000
+realistic shop events (``bench/events_bench.py``'s stream: ~30 categories, ~50 brands, prices)
+through ``POST /v1/events`` in 1,000-event batches.
 
-1. **in-process**: ``views.service.build`` called directly for ``personalize.content``, as the
-   router does (a read session per call, the runtime's access recorder), ``--iterations`` times
-   per subject: p50/p99. Beside it: the bare primary-key lookup of the subject row through the
-   same sessionmaker.
-2. **http, sequential**: ``GET /v1/subjects/{id}/view?purpose=personalize.content`` with a reader
+1. **http, sequential**: ``GET /v1/subjects/{id}/view?purpose=personalize.content`` with a reader
    key, one client (in a client process), ``--requests`` per subject: p50/p99.
-3. **http, concurrent**: ``--concurrency`` keep-alive clients, spread over ``--client-processes``
-   processes so they do not share the server's GIL, for ``--seconds`` per subject: views/s and
-   p50/p99. The clients are minimal socket clients by default (``--client httpx`` for httpx), so
-   that on two cores the load generator does not take the CPU the server needs.
-4. **baseline over HTTP**: a tiny FastAPI app (below) with one sync endpoint that does the same
-   primary-key lookup (``SELECT id, status FROM subjects WHERE id = ?``) through the same engine
-   and sessionmaker, served by uvicorn the same way, measured with the same clients.
+2. **http, concurrent**: ``--concurrency`` keep-alive clients, spread over ``--client-processes``
+   processes, for ``--seconds`` per subject: views/s and p50/p99. The clients are minimal socket
+   clients by default (``--client httpx`` for httpx), so that on two cores the load generator
+   does not take the CPU the server needs. The server's CPU (parent and workers) is measured.
+3. **in-process**, once the server has stopped: ``views.service.build`` called directly for
+   ``personalize.content``, as the router does (a read session per call, the runtime's access
+   recorder, its thread writing the access log), ``--iterations`` times per subject: p50/p99.
+   Beside it: the bare primary-key lookup of the subject row through the same sessionmaker.
+4. **baseline over HTTP**: ``bench/baseline_app.py``, a FastAPI app with one sync endpoint doing the
+   same primary-key lookup (``SELECT id, status FROM subjects WHERE id = ?``) through the product's
+   ``Database``, served by uvicorn as the service is (its own process tree, the same number of
+   workers, httptools, uvloop), measured with the same clients.
 
 Run: ``.venv/bin/python bench/views_bench.py --help``.
 """
@@ -29,12 +31,9 @@ import argparse
 import contextlib
 import functools
 import json
-import math
 import multiprocessing
 import os
 import random
-import resource
-import signal
 import socket
 import sys
 import threading
@@ -53,29 +52,30 @@ if str(ROOT) not in sys.path:  # `python bench/views_bench.py` from anywhere (an
     sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-from fastapi import FastAPI, HTTPException  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from bench.consent_bench import machine_info, row_counts  # noqa: E402
-from bench.events_bench import (  # noqa: E402
-    AppServer,
-    EventStream,
+from bench.baseline_app import DATABASE_URL_ENV  # noqa: E402
+from bench.common import (  # noqa: E402
+    Phase,
+    ServedProcess,
     Store,
-    grant_consent,
+    load_average,
+    machine_info,
     open_store,
-    post_batches,
-    publish_notice,
+    process_cpu_seconds,
     py_spy,
     quiet,
-    source_digest,
+    row_counts,
+    stop_on_sigterm,
 )
+from bench.events_bench import EventStream, grant_consent, post_batches, publish_notice  # noqa: E402
 from bench.workload import iso  # noqa: E402
-from profilestore.app import create_app  # noqa: E402
 from profilestore.auth.service import Caller, authenticate  # noqa: E402
 from profilestore.db import Database  # noqa: E402
 from profilestore.identity.models import Subject  # noqa: E402
 from profilestore.kit.time import utcnow  # noqa: E402
+from profilestore.runtime import Runtime  # noqa: E402
 from profilestore.signals.models import Signal  # noqa: E402
 from profilestore.views import service as views  # noqa: E402
 from profilestore.views.schemas import ViewOut  # noqa: E402
@@ -92,35 +92,25 @@ BATCH = 1000
 
 
 @dataclass
-class Measured:
-    """Latencies (seconds) and counts of one phase."""
+class Measured(Phase):
+    """A phase of views (or baseline lookups): ``completed`` answers, their latencies, and the CPU
+    of the server (this process for in-process phases) and of the client processes."""
 
-    name: str
-    kind: str  # inproc | http | http-concurrent
-    subject_events: int | None  # None for the baseline
-    latencies: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-    errors: int = 0
-    error_samples: list[str] = field(default_factory=list)
-    server_cpu_s: float | None = None
-    client_cpu_s: float | None = None
-
-    def percentile_ms(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1] * 1000  # nearest rank
-
-    @property
-    def rate(self) -> float:
-        return len(self.latencies) / self.seconds if self.seconds else 0.0
+    kind: str = "inproc"  # inproc | http | http-concurrent
+    subject_events: int | None = None  # None for the baseline
+    client_cpu_seconds: float | None = None
 
     def summary(self, baseline: Measured | None) -> dict[str, Any]:
+        """The phase as the report shows it, with its latencies and rate over the baseline's."""
+
         def ratio(a: float, b: float) -> float | None:
             return round(a / b, 2) if b else None
 
         p50, p99 = self.percentile_ms(50), self.percentile_ms(99)
-        n = len(self.latencies)
+        n = self.completed
+        server_cpu, client_cpu = self.server_cpu_seconds, self.client_cpu_seconds
+        latencies = self.latency_summary(digits=3)
+        latencies.pop("mean_ms")
         return {
             "name": self.name,
             "kind": self.kind,
@@ -128,33 +118,26 @@ class Measured:
             "requests": n,
             "seconds": round(self.seconds, 3),
             "per_s": round(self.rate, 1),
-            "p50_ms": round(p50, 3),
-            "p90_ms": round(self.percentile_ms(90), 3),
-            "p99_ms": round(p99, 3),
-            "max_ms": round(self.percentile_ms(100), 3),
+            **latencies,
             "errors": self.errors,
             "error_samples": self.error_samples,
-            "server_cpu_ms_per_request": round(self.server_cpu_s / n * 1000, 3) if self.server_cpu_s and n else None,
-            "client_cpu_ms_per_request": round(self.client_cpu_s / n * 1000, 3) if self.client_cpu_s and n else None,
+            "server_cpu_ms_per_request": round(server_cpu / n * 1000, 3) if server_cpu and n else None,
+            "client_cpu_ms_per_request": round(client_cpu / n * 1000, 3) if client_cpu and n else None,
             "p50_over_baseline": ratio(p50, baseline.percentile_ms(50)) if baseline else None,
             "p99_over_baseline": ratio(p99, baseline.percentile_ms(99)) if baseline else None,
             "rate_over_baseline": ratio(self.rate, baseline.rate) if baseline and self.kind != "inproc" else None,
         }
 
 
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def run_inprocess(
     name: str, subject_events: int | None, call: Callable[[], object], iterations: int, warmup: int, deadline: float
 ) -> Measured:
-    """``call`` ``warmup`` times untimed, then ``iterations`` times, each timed."""
-    phase = Measured(name, "inproc", subject_events)
+    """``call`` ``warmup`` times untimed, then ``iterations`` times, each timed; this process's CPU
+    is the server's."""
+    phase = Measured(name, kind="inproc", subject_events=subject_events)
     for _ in range(warmup):
         call()
-    cpu, wall = _cpu_seconds(), time.perf_counter()
+    cpu, wall = process_cpu_seconds(), time.perf_counter()
     for _ in range(iterations):
         if time.monotonic() > deadline:
             break
@@ -167,8 +150,9 @@ def run_inprocess(
                 phase.error_samples.append(f"{type(exc).__name__}: {exc}"[:300])
             continue
         phase.latencies.append(time.perf_counter() - started)
+    phase.completed = len(phase.latencies)
     phase.seconds = time.perf_counter() - wall
-    phase.server_cpu_s = _cpu_seconds() - cpu
+    phase.server_cpu_seconds = process_cpu_seconds() - cpu
     return phase
 
 
@@ -283,10 +267,12 @@ def _client_process(
             with lock:
                 ended.append(time.time())
 
-    cpu = _cpu_seconds()
     workers = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(threads)]
     for w in workers:
         w.start()
+    # The CPU of the timed requests only: connecting and the warm-up happen before start_at.
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu = process_cpu_seconds()
     for w in workers:
         w.join()
     return {
@@ -294,7 +280,7 @@ def _client_process(
         "errors": len(errors),
         "error_samples": errors[:5],
         "ended": max(ended, default=time.time()),
-        "cpu_s": _cpu_seconds() - cpu,
+        "cpu_s": process_cpu_seconds() - cpu,
     }
 
 
@@ -303,7 +289,7 @@ def _ready() -> int:
 
 
 class Clients:
-    """A pool of client processes (spawned, so they share nothing with the server's process)."""
+    """A pool of client processes (spawned, so they share nothing with the bench or the server)."""
 
     def __init__(self, processes: int, kind: str = "raw") -> None:
         self.processes = processes
@@ -323,7 +309,7 @@ class Clients:
         name: str,
         kind: str,
         subject_events: int | None,
-        url: str,
+        server: ServedProcess,
         path: str,
         headers: dict[str, str],
         *,
@@ -332,50 +318,39 @@ class Clients:
         count: int | None = None,
         warmup: int = 20,
     ) -> Measured:
-        """``concurrency`` clients over min(processes, concurrency) processes; the server's CPU
-        (this process) is measured over the phase."""
+        """``concurrency`` clients of ``server`` over min(processes, concurrency) processes, timed
+        from a common start once every client has warmed up; the CPU of the server's process tree
+        is measured from that start to the last answer."""
         processes = min(self.processes, concurrency)
         shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
         start_at = time.time() + 1.5 + 0.02 * warmup * max(shares)  # after every client's warm-up
-        cpu = _cpu_seconds()
-        futures = [
-            self._pool.submit(_client_process, url, path, headers, n, start_at, seconds, count, warmup, self.kind)
-            for n in shares
-        ]
-        timeout = (seconds or 0) + (count or 0) * concurrency * 0.5 + 300
-        results = [f.result(timeout=timeout) for f in futures]
-        phase = Measured(name, kind, subject_events)
-        phase.server_cpu_s = _cpu_seconds() - cpu
-        phase.client_cpu_s = sum(r["cpu_s"] for r in results)
+        # The server's CPU from start_at, when the clients' warm-up is over, to the last answer.
+        at_start: list[float] = []
+        sampler = threading.Timer(max(0.0, start_at - time.time()), lambda: at_start.append(server.cpu_seconds()))
+        sampler.daemon = True
+        sampler.start()
+        try:
+            futures = [
+                self._pool.submit(
+                    _client_process, server.url, path, headers, n, start_at, seconds, count, warmup, self.kind
+                )
+                for n in shares
+            ]
+            timeout = (seconds or 0) + (count or 0) * concurrency * 0.5 + 300
+            results = [f.result(timeout=timeout) for f in futures]
+            sampler.join()
+        finally:
+            sampler.cancel()
+        phase = Measured(name, kind=kind, subject_events=subject_events)
+        phase.server_cpu_seconds = server.cpu_seconds() - at_start[0] if at_start else None
+        phase.client_cpu_seconds = sum(r["cpu_s"] for r in results)
         for r in results:
             phase.latencies.extend(r["latencies"])
             phase.errors += r["errors"]
             phase.error_samples.extend(r["error_samples"][: 5 - len(phase.error_samples)])
+        phase.completed = len(phase.latencies)
         phase.seconds = max(r["ended"] for r in results) - start_at
         return phase
-
-
-# -- the baseline app --------------------------------------------------------------------------------
-
-
-def baseline_app(db: Database) -> FastAPI:
-    """The floor under a view: FastAPI, one sync endpoint, one primary-key lookup of the subject
-    row through the product's engine and sessionmaker. No auth, no consent, no signals, no log."""
-    app = FastAPI(title="bare primary-key lookup")
-
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/subjects/{subject_id}")
-    def lookup(subject_id: str) -> dict[str, str]:
-        with db.read_session() as session:
-            row = session.execute(select(Subject.id, Subject.status).where(Subject.id == subject_id)).first()
-        if row is None:
-            raise HTTPException(status_code=404, detail="not found")
-        return {"id": row.id, "status": row.status}
-
-    return app
 
 
 # -- setup -------------------------------------------------------------------------------------------
@@ -392,9 +367,13 @@ class Profile:
     view_values: dict[str, int] = field(default_factory=dict)
     view_bytes: int = 0
 
+    @property
+    def view_path(self) -> str:
+        return f"/v1/subjects/{self.subject_id}/view?purpose={VIEW_PURPOSE}"
+
 
 def populate(store: Store, url: str, sizes: Sequence[int], seed: int, deadline: float) -> list[Profile]:
-    """Consent, one declared preference and ``size`` events for one visitor per size."""
+    """Consent, one declared preference and ``size`` events for one visitor per size, over HTTP."""
     rng = random.Random(f"profilestore-views:{seed}")
     profiles = [Profile(size, str(uuid.UUID(int=rng.getrandbits(128), version=4))) for size in sizes]
     publish_notice(url, store.keys["admin"])
@@ -428,16 +407,32 @@ def populate(store: Store, url: str, sizes: Sequence[int], seed: int, deadline: 
         if phase.errors or ingested.accepted != p.events:
             sample = phase.error_samples[0] if phase.error_samples else ingested.mismatches
             raise RuntimeError(f"events for the {p.events}-event subject: accepted {ingested.accepted}, {sample}")
-    with store.runtime.db.transaction(write=False) as session:
-        for p in profiles:
-            query = select(func.count()).select_from(Signal).where(Signal.subject_id == p.subject_id)
-            p.signal_rows = int(session.execute(query).scalar_one())
     return profiles
 
 
-def view_once(store: Store, caller: Caller, q: views.ViewQuery, subject_id: str) -> ViewOut:
+def check_views(url: str, reader: dict[str, str], profiles: Sequence[Profile]) -> None:
+    """Every subject's view over HTTP must be personalised, with signals: a default view would make
+    the figures meaningless. Records the view's values per dimension and its size."""
+    with httpx.Client(base_url=url, headers=reader, timeout=30) as client:
+        for p in profiles:
+            answer = client.get(p.view_path)
+            view = answer.json() if answer.status_code == 200 else {}
+            if not view.get("personalised") or not view.get("signals"):
+                raise RuntimeError(f"the {p.events}-event subject's view is not personalised: {answer.text[:500]}")
+            p.view_values = {dimension: len(values) for dimension, values in view["signals"].items()}
+            p.view_bytes = len(answer.content)
+
+
+def count_signals(runtime: Runtime, profiles: Sequence[Profile]) -> None:
+    """Each subject's signal rows (the size of what a view reads)."""
+    with runtime.db.transaction(write=False) as session:
+        for p in profiles:
+            query = select(func.count()).select_from(Signal).where(Signal.subject_id == p.subject_id)
+            p.signal_rows = int(session.execute(query).scalar_one())
+
+
+def view_once(runtime: Runtime, caller: Caller, q: views.ViewQuery, subject_id: str) -> ViewOut:
     """One view, exactly as ``GET /v1/subjects/{id}/view`` builds it (minus HTTP and JSON)."""
-    runtime = store.runtime
     session = runtime.db.read_session()
     try:
         return views.build(session, runtime.vault, runtime.settings, caller, q, subject_id, runtime.recorder, utcnow())
@@ -449,6 +444,122 @@ def view_once(store: Store, caller: Caller, q: views.ViewQuery, subject_id: str)
 def bare_lookup(db: Database, subject_id: str) -> None:
     with db.read_session() as session:
         session.execute(select(Subject.id, Subject.status).where(Subject.id == subject_id)).one()
+
+
+# -- the phases --------------------------------------------------------------------------------------
+
+
+def http_phases(
+    clients: Clients, server: ServedProcess, profiles: Sequence[Profile], reader_key: str, args: argparse.Namespace
+) -> list[Measured]:
+    """Each subject's view over HTTP: one client, ``--requests`` each; then ``--concurrency``
+    clients for ``--seconds`` each (py-spy on the server's workers for the largest subject)."""
+    reader = {"Authorization": f"Bearer {reader_key}"}
+    phases = []
+    for p in profiles:
+        phases.append(
+            clients.run(
+                f"http view, {p.events} events",
+                "http",
+                p.events,
+                server,
+                p.view_path,
+                reader,
+                concurrency=1,
+                count=args.requests,
+                warmup=args.warmup,
+            )
+        )
+    for p in profiles:
+        profile = args.profile if p is profiles[-1] else None
+        with py_spy(profile, server.worker_pids(), gil=args.profile_gil):
+            phases.append(
+                clients.run(
+                    f"http view x{args.concurrency}, {p.events} events",
+                    "http-concurrent",
+                    p.events,
+                    server,
+                    p.view_path,
+                    reader,
+                    concurrency=args.concurrency,
+                    seconds=args.seconds,
+                    warmup=args.warmup // 5,
+                )
+            )
+    return phases
+
+
+def inprocess_phases(
+    runtime: Runtime, profiles: Sequence[Profile], reader_key: str, args: argparse.Namespace
+) -> tuple[list[Measured], Measured]:
+    """Each subject's view built in this process, then the bare primary-key lookup of the subject
+    rows through the same sessionmaker. The access recorder's thread writes the reads to the access
+    log meanwhile, as it does in a server."""
+    runtime.recorder.start()
+    with runtime.db.read_session() as session:
+        caller = authenticate(session, reader_key)
+    assert caller is not None, "the reader's key does not authenticate"
+    q = views.query(runtime.settings, VIEW_PURPOSE, [], False, None)
+    for p in profiles:
+        view = view_once(runtime, caller, q, p.subject_id)
+        if not view.personalised or not view.signals:
+            raise RuntimeError(f"the {p.events}-event subject's in-process view is not personalised: {view}")
+    phases = [
+        run_inprocess(
+            f"in-process view, {p.events} events",
+            p.events,
+            functools.partial(view_once, runtime, caller, q, p.subject_id),
+            args.iterations,
+            args.warmup,
+            time.monotonic() + args.max_seconds,
+        )
+        for p in profiles
+    ]
+    subject_ids = [p.subject_id for p in profiles]
+    cursor = iter(range(10**12))
+    bare = run_inprocess(
+        "in-process bare PK lookup",
+        None,
+        lambda: bare_lookup(runtime.db, subject_ids[next(cursor) % len(subject_ids)]),
+        args.iterations,
+        args.warmup,
+        time.monotonic() + args.max_seconds,
+    )
+    return phases, bare
+
+
+def baseline_phases(
+    clients: Clients, store: Store, subject_id: str, args: argparse.Namespace
+) -> tuple[Measured, Measured]:
+    """``bench/baseline_app.py`` served as the service is (uvicorn, ``--workers``, httptools, uvloop)
+    over the store's data database: one client, then ``--concurrency``, on one subject's row."""
+    env = {DATABASE_URL_ENV: store.settings.resolved_database_url}
+    path = f"/subjects/{subject_id}"
+    served = ServedProcess.uvicorn_app("bench.baseline_app:create_app", env, workers=args.workers, log_dir=store.tmp)
+    with served as bare:
+        sequential = clients.run(
+            "http bare PK lookup",
+            "http",
+            None,
+            bare,
+            path,
+            {},
+            concurrency=1,
+            count=args.requests,
+            warmup=args.warmup,
+        )
+        concurrent = clients.run(
+            f"http bare PK lookup x{args.concurrency}",
+            "http-concurrent",
+            None,
+            bare,
+            path,
+            {},
+            concurrency=args.concurrency,
+            seconds=args.seconds,
+            warmup=args.warmup // 5,
+        )
+    return sequential, concurrent
 
 
 # -- report ------------------------------------------------------------------------------------------
@@ -513,19 +624,19 @@ def targets(results: Sequence[dict[str, Any]], ratios: dict[str, dict[str, float
     return lines
 
 
-# -- main --------------------------------------------------------------------------------------------
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="profilestore bench views",
-        description="View latency (in-process and HTTP) and views/s for subjects with 10, 1,000 and 10,000 events, "
-        "beside a bare FastAPI primary-key lookup.",
+        description="View latency (in-process, and over HTTP to `profilestore serve --workers N`) and views/s for "
+        "subjects with 10, 1,000 and 10,000 events, beside a bare FastAPI primary-key lookup served the same way.",
     )
     parser.add_argument("--sizes", default="10,1000,10000", help="events per subject, comma-separated")
     parser.add_argument("--iterations", type=int, default=2000, help="in-process views per subject (2000)")
     parser.add_argument("--requests", type=int, default=1000, help="sequential HTTP views per subject (1000)")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent HTTP clients (default 8)")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="server processes, for the service and the baseline alike (default 2)"
+    )
     parser.add_argument("--client-processes", type=int, default=2, help="processes the clients run in (default 2)")
     parser.add_argument(
         "--client",
@@ -555,8 +666,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--sizes takes comma-separated numbers of events")
     if not args.sizes or min(args.sizes) < 1:
         parser.error("--sizes must name at least one positive number of events")
-    if min(args.iterations, args.requests, args.concurrency, args.client_processes) < 1 or args.warmup < 0:
-        parser.error("--iterations, --requests, --concurrency and --client-processes must be at least 1")
+    if min(args.iterations, args.requests, args.concurrency, args.client_processes, args.workers) < 1:
+        parser.error("--iterations, --requests, --concurrency, --client-processes and --workers must be at least 1")
+    if args.warmup < 0:
+        parser.error("--warmup must be at least 0")
     if not 0 < args.seconds <= 600:
         parser.error("--seconds must be in (0, 600]")
     if args.database_url and not args.database_url.startswith("postgresql"):
@@ -564,21 +677,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)  # clean up (servers, clients, temp folder, databases) on kill
+    stop_on_sigterm()
     quiet()
-    load_before = [round(x, 2) for x in os.getloadavg()]
-    if load_before[0] > 0.5:
-        print(f"note: the machine is busy (load average {load_before[0]}): figures will be low", file=sys.stderr)
+    load_before = load_average(note_above=0.5)
     started = datetime.now(UTC)
-    phases: list[Measured] = []
-    baselines: dict[str, Measured] = {}
 
     with contextlib.ExitStack() as cleanup:
         store = cleanup.enter_context(
@@ -586,126 +690,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         clients = Clients(args.client_processes, args.client)
         cleanup.callback(clients.close)
-        runtime = store.runtime
+        reader_key = store.keys["reader"]
         print(
-            f"profilestore views bench: {store.backend}, subjects with {args.sizes} events, "
-            f"{args.concurrency} clients in {args.client_processes} processes",
+            f"profilestore views bench: {store.backend}, subjects with {args.sizes} events, {args.workers} server "
+            f"worker(s), {args.concurrency} clients in {args.client_processes} processes",
             file=sys.stderr,
         )
-        deadline = time.monotonic() + args.max_seconds
-        reader = {"Authorization": f"Bearer {store.keys['reader']}"}
-        with runtime.db.transaction(write=False) as session:
-            caller = authenticate(session, store.keys["reader"])
-        assert caller is not None
-        q = views.query(runtime.settings, VIEW_PURPOSE, [], False, None)
-
-        with AppServer(create_app(runtime=runtime)) as server:
+        with store.served(args.workers) as server:
             t0 = time.perf_counter()
-            profiles = populate(store, server.url, args.sizes, args.seed, deadline)
+            profiles = populate(store, server.url, args.sizes, args.seed, time.monotonic() + args.max_seconds)
             setup_s = time.perf_counter() - t0
-            for p in profiles:
-                view = view_once(store, caller, q, p.subject_id)
-                if not view.personalised or not view.signals:
-                    raise RuntimeError(f"the {p.events}-event subject's view is not personalised: {view}")
-                p.view_values = {dimension: len(values) for dimension, values in view.signals.items()}
-                answer = httpx.get(
-                    f"{server.url}/v1/subjects/{p.subject_id}/view?purpose={VIEW_PURPOSE}", headers=reader
-                )
-                p.view_bytes = len(answer.content)
-            print(f"  populated in {setup_s:.1f}s; in-process views", file=sys.stderr)
+            check_views(server.url, {"Authorization": f"Bearer {reader_key}"}, profiles)
+            print(f"  populated in {setup_s:.1f}s; http views, sequential then concurrent", file=sys.stderr)
+            http = http_phases(clients, server, profiles, reader_key, args)
 
-            # 1. in-process (the server idles; its access-log thread writes the reads, as in production)
-            for p in profiles:
-                phases.append(
-                    run_inprocess(
-                        f"in-process view, {p.events} events",
-                        p.events,
-                        functools.partial(view_once, store, caller, q, p.subject_id),
-                        args.iterations,
-                        args.warmup,
-                        time.monotonic() + args.max_seconds,
-                    )
-                )
-            subject_ids = [p.subject_id for p in profiles]
-            cursor = iter(range(10**12))
-            baselines["inproc"] = run_inprocess(
-                "in-process bare PK lookup",
-                None,
-                lambda: bare_lookup(runtime.db, subject_ids[next(cursor) % len(subject_ids)]),
-                args.iterations,
-                args.warmup,
-                time.monotonic() + args.max_seconds,
-            )
+        # The server has stopped: this process is the store's only user for the in-process phases.
+        print("  in-process views", file=sys.stderr)
+        runtime = store.runtime
+        count_signals(runtime, profiles)
+        inproc, inproc_bare = inprocess_phases(runtime, profiles, reader_key, args)
 
-            # 2. + 3. the view over HTTP
-            print("  http views, sequential then concurrent", file=sys.stderr)
-            for p in profiles:
-                path = f"/v1/subjects/{p.subject_id}/view?purpose={VIEW_PURPOSE}"
-                phases.append(
-                    clients.run(
-                        f"http view, {p.events} events",
-                        "http",
-                        p.events,
-                        server.url,
-                        path,
-                        reader,
-                        concurrency=1,
-                        count=args.requests,
-                        warmup=args.warmup,
-                    )
-                )
-            for p in profiles:
-                path = f"/v1/subjects/{p.subject_id}/view?purpose={VIEW_PURPOSE}"
-                profile = args.profile if p is profiles[-1] else None
-                with py_spy(profile, gil=args.profile_gil):
-                    phases.append(
-                        clients.run(
-                            f"http view x{args.concurrency}, {p.events} events",
-                            "http-concurrent",
-                            p.events,
-                            server.url,
-                            path,
-                            reader,
-                            concurrency=args.concurrency,
-                            seconds=args.seconds,
-                            warmup=args.warmup // 5,
-                        )
-                    )
-
-        # 4. the bare endpoint, the same clients
         print("  the bare FastAPI primary-key lookup", file=sys.stderr)
-        with AppServer(baseline_app(runtime.db)) as bare:
-            path = f"/subjects/{profiles[-1].subject_id}"
-            baselines["http"] = clients.run(
-                "http bare PK lookup",
-                "http",
-                None,
-                bare.url,
-                path,
-                {},
-                concurrency=1,
-                count=args.requests,
-                warmup=args.warmup,
-            )
-            baselines["http-concurrent"] = clients.run(
-                f"http bare PK lookup x{args.concurrency}",
-                "http-concurrent",
-                None,
-                bare.url,
-                path,
-                {},
-                concurrency=args.concurrency,
-                seconds=args.seconds,
-                warmup=args.warmup // 5,
-            )
+        http_bare, concurrent_bare = baseline_phases(clients, store, profiles[-1].subject_id, args)
         with runtime.db.engine.connect() as conn:
             rows = row_counts(conn, ("subjects", "events", "signals", "preferences", "access_log"))
         machine = machine_info(store.backend, store.tmp, store.postgres)
         machine["load_average_before"] = load_before
         machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-        machine["source_digest"] = source_digest()
         backend = store.backend
 
+    phases = [*inproc, *http]
+    baselines = {"inproc": inproc_bare, "http": http_bare, "http-concurrent": concurrent_bare}
     results = [phase.summary(baselines.get(phase.kind)) for phase in phases]
     results += [b.summary(None) for b in baselines.values()]
     ratios = growth(results, args.sizes)
@@ -718,6 +733,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "iterations": args.iterations,
             "requests": args.requests,
             "concurrency": args.concurrency,
+            "workers": args.workers,
+            "server": "profilestore serve --workers N (separate process tree); baseline: uvicorn, same workers",
             "client_processes": args.client_processes,
             "client": args.client,
             "seconds": args.seconds,
@@ -748,7 +765,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(
         f"views ({VIEW_PURPOSE}) — {backend}, {machine['cpu_count']} CPUs, load {load_before[0]}, "
-        f"{args.concurrency} {args.client} clients in {args.client_processes} processes"
+        f"{args.workers} server worker(s), {args.concurrency} {args.client} clients in {args.client_processes} "
+        "processes"
     )
     print(table(results))
     for kind, r in ratios.items():
