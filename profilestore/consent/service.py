@@ -380,7 +380,7 @@ class CollectionGate:
 
     purposes: tuple[PurposeRule, ...]
     epoch: datetime  # the subject's latest grant epoch: collected data is stamped with it
-    _allowing: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    _allowing: dict[str, list[str]] = field(default_factory=dict, repr=False, compare=False)
 
     def allowing(self, category: str) -> list[str]:
         """The purposes in force whose policy covers ``category`` (empty: do not collect)."""

@@ -13,6 +13,7 @@ import hmac
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -64,7 +65,11 @@ class SubjectCipher:
         aead = self._aead(self.primary_key_id)
         assert aead is not None
         sealed = aead.encrypt(nonce, plaintext, _associated_data(table, column, self.subject_id, row_key))
-        return VERSION + bytes.fromhex(self.primary_key_id) + nonce + sealed
+        return self._header + nonce + sealed
+
+    @cached_property
+    def _header(self) -> bytes:
+        return VERSION + bytes.fromhex(self.primary_key_id)
 
     def as_subject(self, subject_id: str) -> SubjectCipher:
         """The same keys, bound to another subject id: for rows that keep the id of a subject that

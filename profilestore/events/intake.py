@@ -2,19 +2,22 @@
 the Segment endpoints follow.
 
 1. ``prepare``: check the batch and work out everything that needs no database (serialised
-   properties, blind indexes, signal evidence) — before the transaction, so outside the writer's
-   turn on SQLite;
-2. look the batch's people up, writing nothing;
-3. apply the consent gate — a dropped event leaves nothing behind, not even an identifier link;
-4. for admitted events whose identifiers are new or span two subjects, link them (attach, merge),
-   then look up and gate again: a link can make later events of the same batch known;
-5. store what is admitted.
+   properties, blind indexes, signal evidence);
+2. ``plan``: on a read snapshot, look the batch's people up, apply the consent gate (a dropped
+   event leaves nothing behind, not even an identifier link) and seal the rows to write;
+3. ``ingest``, in the write transaction: look up and gate again; when nothing the plan rests on has
+   changed (the usual case), write its rows; otherwise work it out again here — linking identifiers
+   that are new or span two subjects (attach, merge), then looking up and gating again, since a
+   link can make later events of the same batch known — and write that.
+
+On SQLite only step 3 holds the writer lock (see db.py): it reads a few rows, compares them with
+the plan's, and writes. The rest of a batch's work runs beside other writers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy.orm import Session
@@ -42,6 +45,47 @@ def prepare(
     return replace(batch, indexes=indexes)
 
 
+@dataclass
+class Plan:
+    """What a batch would write, and the identities and consent that decided it."""
+
+    known: list[identity.Known | None]
+    admission: events.Admission
+    staged: events.Staged | None  # None when identifiers must be linked first: that writes
+
+
+def _look(
+    session: Session, batch: events.PreparedBatch, now: datetime
+) -> tuple[list[identity.Known | None], events.Admission]:
+    known = identity.known_by_indexes(session, batch.indexes)
+    subjects = [(k.subject_id, k.status) if k else None for k in known]
+    return known, events.admit(session, batch.events, subjects, now=now)
+
+
+def _needs_linking(known: Sequence[identity.Known | None], admission: events.Admission) -> bool:
+    return any((found := known[i]) is not None and not found.complete for i, _, _ in admission.admitted)
+
+
+def plan(
+    session: Session,
+    vault: Vault,
+    settings: Settings,
+    batch: events.PreparedBatch,
+    *,
+    client_id: str,
+    now: datetime,
+    field_prefix: str = "events.{index}.",
+) -> Plan:
+    """Gate a prepared batch and seal what it would write, reading only (``session`` need not be
+    the write transaction)."""
+    events.check_categories(session, batch, field_prefix=field_prefix)
+    known, admission = _look(session, batch, now)
+    if _needs_linking(known, admission):
+        return Plan(known, admission, None)
+    staged = events.stage(vault, settings, batch, admission, client_id=client_id, now=now)
+    return Plan(known, admission, staged)
+
+
 def ingest(
     session: Session,
     vault: Vault,
@@ -51,14 +95,38 @@ def ingest(
     client_id: str,
     now: datetime,
     field_prefix: str = "events.{index}.",
+    planned: Plan | None = None,
 ) -> events.IngestReport:
-    """Gate, link and store a prepared batch."""
-    events.check_categories(session, batch, field_prefix=field_prefix)
+    """Gate, link and store a prepared batch in ``session``, the write transaction. ``planned``
+    (from ``plan`` on an earlier snapshot) is written as it is when the identities and consent it
+    rests on are still those in force; otherwise the batch is worked out again here."""
+    if planned is None:
+        planned = plan(session, vault, settings, batch, client_id=client_id, now=now, field_prefix=field_prefix)
+    elif planned.staged is not None:
+        known, admission = _look(session, batch, now)
+        if known != planned.known or admission != planned.admission:
+            planned = plan(session, vault, settings, batch, client_id=client_id, now=now, field_prefix=field_prefix)
+    if planned.staged is None:
+        planned = _link_then_plan(session, vault, settings, batch, planned, client_id=client_id, now=now)
+    assert planned.staged is not None
+    return events.write(session, settings, planned.staged, now=now)
+
+
+def _link_then_plan(
+    session: Session,
+    vault: Vault,
+    settings: Settings,
+    batch: events.PreparedBatch,
+    planned: Plan,
+    *,
+    client_id: str,
+    now: datetime,
+) -> Plan:
+    """Link the identifiers of admitted events that are new or span two subjects, look up and
+    gate again (a link can make later events of the batch known), until nothing is left to link."""
     linked: set[tuple[bytes, ...]] = set()
+    known, admission = planned.known, planned.admission
     for _ in range(MAX_LINK_ROUNDS):
-        known = identity.known_by_indexes(session, batch.indexes)
-        subjects = [(k.subject_id, k.status) if k else None for k in known]
-        admission = events.admit(session, batch.events, subjects, now=now)
         pending = []
         for index, _, _ in admission.admitted:
             found = known[index]
@@ -69,4 +137,6 @@ def ingest(
             break
         for identifiers in pending:
             identity.link(session, vault, settings, identifiers, client_id=client_id)
-    return events.store(session, vault, settings, batch, admission, client_id=client_id, now=now)
+        known, admission = _look(session, batch, now)
+    staged = events.stage(vault, settings, batch, admission, client_id=client_id, now=now)
+    return Plan(known, admission, staged)

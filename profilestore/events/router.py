@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from profilestore.auth.dependencies import Collector
-from profilestore.deps import SettingsDep, VaultDep, WriteSession
+from profilestore.deps import ReadSession, SettingsDep, VaultDep, WriteSession
 from profilestore.events import intake, service
 from profilestore.events.schemas import EventsAccepted, EventsIn
 from profilestore.kit.time import utcnow
@@ -15,7 +15,12 @@ router = APIRouter(tags=["events"])
 
 @router.post("/v1/events")
 def post_events(
-    body: EventsIn, session: WriteSession, vault: VaultDep, settings: SettingsDep, caller: Collector
+    body: EventsIn,
+    session: WriteSession,
+    snapshot: ReadSession,
+    vault: VaultDep,
+    settings: SettingsDep,
+    caller: Collector,
 ) -> EventsAccepted:
     """Ingest a batch (at most 1,000 events, 32 KB of properties each). Events whose category no
     purpose in force may use are dropped and counted by reason; a repeated ``message_id`` from the
@@ -32,7 +37,9 @@ def post_events(
         )
         for e in body.events
     ]
-    # Worked out before the first statement, so outside the writer's turn (see db.py).
+    # Worked out on a read snapshot, before the write transaction's first statement: outside the
+    # writer's turn (see db.py). The write transaction checks the plan still holds, then writes it.
     batch = intake.prepare(vault, settings, incoming, now=now)
-    report = intake.ingest(session, vault, settings, batch, client_id=caller.client_id, now=now)
+    planned = intake.plan(snapshot, vault, settings, batch, client_id=caller.client_id, now=now)
+    report = intake.ingest(session, vault, settings, batch, client_id=caller.client_id, now=now, planned=planned)
     return EventsAccepted(accepted=report.accepted, duplicates=report.duplicates, dropped=dict(report.dropped))

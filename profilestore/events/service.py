@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any, cast
 
 from sqlalchemy import Select, Table, bindparam, insert, select, tuple_
@@ -29,7 +30,7 @@ from profilestore.crypto.service import DecryptionError, SubjectCipher, Vault
 from profilestore.events.models import Event, EventReceipt
 from profilestore.kit.bulk import Bulk
 from profilestore.kit.errors import InvalidInput, PayloadTooLarge
-from profilestore.kit.ids import new_id
+from profilestore.kit.ids import new_ids
 from profilestore.kit.moving import move_subject_rows
 from profilestore.kit.sql import rows
 from profilestore.purposes import service as purposes
@@ -158,8 +159,21 @@ def admit(
     return Admission(report, admitted, gates)
 
 
-def store(
-    session: Session,
+@dataclass
+class Staged:
+    """A batch's rows worked out and sealed, ready to write: left to decide when writing is only
+    which message ids are new (``write``)."""
+
+    report: IngestReport  # the gate's drops and in-batch repeats
+    receipts: list[dict[str, Any]]  # in message-id order (two writers on PostgreSQL meet them in one order)
+    events: dict[str, dict[str, Any]]  # message id → event row
+    evidence: dict[str, tuple[str, str, datetime, signals.Evidence]]  # message id → (subject, category, epoch, …)
+    signals: signals.SignalWriter
+    signal_rows: list[dict[str, Any]]
+    ciphers: dict[str, SubjectCipher]
+
+
+def stage(
     vault: Vault,
     settings: Settings,
     batch: PreparedBatch,
@@ -167,41 +181,63 @@ def store(
     *,
     client_id: str,
     now: datetime,
-) -> IngestReport:
-    """Store the admitted events (once per message id), sealed, and fold them into signals."""
-    report = admission.report
-    fresh = _claim_message_ids(session, client_id, batch, admission.admitted, now)
+) -> Staged:
+    """Seal the admitted events and the signals they feed. Reads only the key store."""
     subjects = {sid for _, sid, _ in admission.admitted}
     ciphers = vault.ciphers({sid: () for sid in subjects}) if subjects else {}
-    records = []
+    receipts: list[dict[str, Any]] = []
+    rows: dict[str, dict[str, Any]] = {}
+    evidence: dict[str, tuple[str, str, datetime, signals.Evidence]] = {}
     writer = signals.SignalWriter(settings.signals, now)
-    for index, subject_id, allowed in admission.admitted:
+    for (index, subject_id, allowed), event_id in zip(
+        admission.admitted, new_ids("evt", len(admission.admitted)), strict=True
+    ):
         event = batch.events[index]
-        event_id = fresh.get(event.message_id)
-        if event_id is None:
-            report.duplicates += 1
-            continue
         epoch = admission.gates[subject_id].epoch
-        records.append(
+        receipts.append(
             {
-                "subject_id": subject_id,
-                "occurred_at": event.occurred_at,
-                "event_id": event_id,
                 "client_id": client_id,
                 "message_id": event.message_id,
-                "type": event.type,
-                "category": event.category,
+                "subject_id": subject_id,
+                "event_id": event_id,
                 "received_at": now,
-                "epoch": epoch,
-                "purposes": allowed,
-                "properties_ct": ciphers[subject_id].encrypt(TABLE, "properties", event_id, batch.payloads[index]),
             }
         )
+        rows[event.message_id] = {
+            "subject_id": subject_id,
+            "occurred_at": event.occurred_at,
+            "event_id": event_id,
+            "client_id": client_id,
+            "message_id": event.message_id,
+            "type": event.type,
+            "category": event.category,
+            "received_at": now,
+            "epoch": epoch,
+            "purposes": allowed,
+            "properties_ct": ciphers[subject_id].encrypt(TABLE, "properties", event_id, batch.payloads[index]),
+        }
+        evidence[event.message_id] = (subject_id, event.category, epoch, batch.evidence[index])
         writer.add(subject_id, event.category, epoch, batch.evidence[index])
-    if records:
-        _INSERT_EVENTS.execute(session, records)
-        writer.flush(session, ciphers)
-    report.accepted = len(records)
+    receipts.sort(key=itemgetter("message_id"))
+    report = IngestReport(0, admission.report.duplicates, Counter(admission.report.dropped))
+    return Staged(report, receipts, rows, evidence, writer, writer.rows(ciphers), ciphers)
+
+
+def write(session: Session, settings: Settings, staged: Staged, *, now: datetime) -> IngestReport:
+    """Store the staged events whose message ids are new from this client, and their signals."""
+    report = staged.report
+    claimed = _claim(session, staged.receipts)
+    rows = [row for message_id, row in staged.events.items() if message_id in claimed]
+    signal_rows = staged.signal_rows
+    if len(rows) < len(staged.events):  # repeats of earlier batches: their evidence is not counted again
+        writer = signals.SignalWriter(settings.signals, now, sealed=staged.signals.sealed)
+        for message_id in claimed:
+            writer.add(*staged.evidence[message_id])
+        signal_rows = writer.rows(staged.ciphers)
+    _INSERT_EVENTS.execute(session, rows)
+    signals.write(session, settings.signals, signal_rows)
+    report.duplicates += len(staged.events) - len(rows)
+    report.accepted = len(rows)
     _count(report)
     return report
 
@@ -226,28 +262,18 @@ _CLAIMED_BY = select(_RECEIPTS.c.message_id, _RECEIPTS.c.event_id).where(
 )
 
 
-def _claim_message_ids(
-    session: Session,
-    client_id: str,
-    batch: PreparedBatch,
-    admitted: Sequence[tuple[int, str, list[str]]],
-    now: datetime,
-) -> dict[str, str]:
-    """Record the message ids of the events about to be stored; returns message id → event id for
-    the ones not seen before from this client (a concurrent duplicate waits, then loses)."""
-    if not admitted:
-        return {}
-    wanted = {batch.events[i].message_id: (new_id("evt"), sid) for i, sid, _ in admitted}
-    receipts = [  # in key order: two batches claiming the same ids (PostgreSQL) meet them in one order
-        {"client_id": client_id, "message_id": m, "subject_id": sid, "event_id": eid, "received_at": now}
-        for m, (eid, sid) in sorted(wanted.items())
-    ]
+def _claim(session: Session, receipts: Sequence[dict[str, Any]]) -> set[str]:
+    """Record the receipts; returns the message ids that were new from this client (a concurrent
+    sender of the same id waits for the other transaction, then finds it taken)."""
+    if not receipts:
+        return set()
     written = _CLAIM.execute(session, receipts)
     if written == len(receipts):  # the usual case: no repeats, nothing more to ask
-        return {m: eid for m, (eid, _) in wanted.items()}
-    # Some were there already: a receipt is ours if it holds the event id we just made.
-    params = {"client_id": client_id, "message_ids": list(wanted)}
-    return {m: eid for m, eid in rows(session, _CLAIMED_BY, params) if wanted[m][0] == eid}
+        return {r["message_id"] for r in receipts}
+    # Some were there already: a receipt is ours if it holds the event id this batch made.
+    ours = {r["message_id"]: r["event_id"] for r in receipts}
+    params = {"client_id": receipts[0]["client_id"], "message_ids": list(ours)}
+    return {m for m, event_id in rows(session, _CLAIMED_BY, params) if ours[m] == event_id}
 
 
 def rebuild_signals(

@@ -15,7 +15,17 @@ _PAIRS = [high + low for high in _ALPHABET for low in _ALPHABET]
 _SHIFTS = range(120, -1, -10)
 
 
+def _encode(prefix: str, value: int) -> str:
+    return f"{prefix}_{''.join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])}"
+
+
 def new_id(prefix: str) -> str:
     """48 bits of milliseconds and 80 random bits, as 26 characters (the top one holds 3 bits)."""
-    value = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
-    return f"{prefix}_{''.join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])}"
+    return _encode(prefix, (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80))
+
+
+def new_ids(prefix: str, count: int) -> list[str]:
+    """``count`` ids at once: one draw of randomness for all (an event batch takes a thousand)."""
+    millis = (time.time_ns() // 1_000_000) << 80
+    randomness = secrets.token_bytes(10 * count)
+    return [_encode(prefix, millis | int.from_bytes(randomness[i : i + 10])) for i in range(0, 10 * count, 10)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -211,11 +211,14 @@ def _upsert_for(half_life_days: float) -> Bulk:
 
 @dataclass
 class SignalWriter:
-    """Collects one batch's evidence, then writes each touched signal row once."""
+    """Collects one batch's evidence; its ``rows`` (sealed, one per touched signal) are written
+    by ``write``, so that the sealing can happen before the write transaction."""
 
     settings: SignalSettings
     now: datetime
     pending: dict[SignalKey, _Pending] = field(default_factory=dict)
+    # sealed values by (subject, dimension, value index): the same for every bucket and batch
+    sealed: dict[tuple[str, str, bytes], bytes] = field(default_factory=dict)
 
     def add(self, subject_id: str, category: str, epoch: datetime, evidence: Evidence) -> None:
         for dimension, index, value in evidence.values:
@@ -229,17 +232,17 @@ class SignalWriter:
                 if evidence.occurred_at > entry.last_seen:
                     entry.last_seen = evidence.occurred_at
 
-    def flush(self, session: Session, ciphers: Mapping[str, SubjectCipher]) -> int:
-        """Write the batch's signals, one upsert per row; returns the number of rows touched."""
-        if not self.pending:
-            return 0
-        lock_subjects(session, {key[0] for key in self.pending})
+    def rows(self, ciphers: Mapping[str, SubjectCipher]) -> list[dict[str, Any]]:
+        """The signal rows of the evidence added so far, in key order (two writers of the same
+        rows on PostgreSQL meet them in the same order)."""
         rows = []
-        # In key order: two writers of the same rows (PostgreSQL) meet them in the same order.
         for key in sorted(self.pending):
             subject_id, dimension, index, category, epoch = key
             entry = self.pending[key]
-            sealed = ciphers[subject_id].encrypt(TABLE, "value", row_key(dimension, index), entry.value.encode())
+            sealed = self.sealed.get(key[:3])
+            if sealed is None:
+                sealed = ciphers[subject_id].encrypt(TABLE, "value", row_key(dimension, index), entry.value.encode())
+                self.sealed[key[:3]] = sealed
             rows.append(
                 {
                     "subject_id": subject_id,
@@ -254,10 +257,21 @@ class SignalWriter:
                     "last_seen": entry.last_seen,
                 }
             )
-        _upsert_for(self.settings.half_life_days).execute(session, rows)
-        touched = len(self.pending)
+        return rows
+
+    def flush(self, session: Session, ciphers: Mapping[str, SubjectCipher]) -> int:
+        """Write the evidence added so far; returns the number of signal rows touched."""
+        rows = self.rows(ciphers)
+        write(session, self.settings, rows)
         self.pending.clear()
-        return touched
+        return len(rows)
+
+
+def write(session: Session, settings: SignalSettings, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Fold ``rows`` (from ``SignalWriter.rows``) into the stored signals, one upsert per row."""
+    if rows:
+        lock_subjects(session, {row["subject_id"] for row in rows})
+        _upsert_for(settings.half_life_days).execute(session, rows)
 
 
 def forget(session: Session, subject_id: str, buckets: Iterable[tuple[str, datetime]] | None = None) -> None:

@@ -35,3 +35,14 @@ def test_ids_are_unique_and_well_formed() -> None:
     made = [ids.new_id("sub") for _ in range(2000)]
     assert len(set(made)) == len(made)
     assert all(re.fullmatch(r"sub_[0-9a-hjkmnp-tv-z]{26}", m) for m in made)
+
+
+def test_ids_made_together_are_unique_well_formed_and_of_their_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+    millis = 1_764_000_000_000
+    monkeypatch.setattr(ids.time, "time_ns", lambda: millis * 1_000_000)
+    made = ids.new_ids("evt", 1000)
+
+    assert len(made) == len(set(made)) == 1000
+    assert all(re.fullmatch(r"evt_[0-9a-hjkmnp-tv-z]{26}", m) for m in made)
+    # the first ten characters carry the milliseconds, exactly as new_id writes them
+    assert {m[4:14] for m in made} == {_reference(millis << 80)[:10]}

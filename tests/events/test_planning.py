@@ -1,0 +1,126 @@
+"""A batch is planned on a read snapshot (outside the writer's turn) and written by the write
+transaction only if the identities and consent the plan rests on are still those in force; if
+anything changed in between, the write transaction works the batch out again."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi.testclient import TestClient
+
+from profilestore.events import intake
+from profilestore.events import service as events
+from profilestore.kit.time import utcnow
+from profilestore.runtime import Runtime
+from tests.conftest import Keys
+from tests.events.support import grant, stored_events, stored_signals
+
+ADA = {"email": "ada@example.com"}
+
+
+def _batch(runtime: Runtime, identifiers: dict[str, str], count: int = 3) -> events.PreparedBatch:
+    incoming = [
+        events.IncomingEvent(
+            identifiers=identifiers,
+            type="product_viewed",
+            properties={"category": "Shoes"},
+            occurred_at=datetime.now(UTC),
+            message_id=f"m-{i}",
+            category="user.behavior.browsing_history",
+        )
+        for i in range(count)
+    ]
+    return intake.prepare(runtime.vault, runtime.settings, incoming, now=utcnow())
+
+
+def _plan(runtime: Runtime, client_id: str, batch: events.PreparedBatch) -> intake.Plan:
+    with runtime.db.read_session() as snapshot:
+        return intake.plan(snapshot, runtime.vault, runtime.settings, batch, client_id=client_id, now=utcnow())
+
+
+def _ingest(runtime: Runtime, client_id: str, batch: events.PreparedBatch, planned: intake.Plan) -> events.IngestReport:
+    with runtime.db.transaction() as session:
+        return intake.ingest(
+            session, runtime.vault, runtime.settings, batch, client_id=client_id, now=utcnow(), planned=planned
+        )
+
+
+def _collector_id(api: TestClient, keys: Keys) -> str:
+    clients = api.get("/v1/clients", headers=keys.header("admin")).json()
+    return next(c["client_id"] for c in clients if c["role"] == "collector")
+
+
+def test_an_unchanged_plan_is_written_as_planned(api: TestClient, keys: Keys, runtime: Runtime) -> None:
+    grant(api, keys, ADA)
+    client_id = _collector_id(api, keys)
+    batch = _batch(runtime, ADA)
+    planned = _plan(runtime, client_id, batch)
+    assert planned.staged is not None
+
+    report = _ingest(runtime, client_id, batch, planned)
+
+    assert report.accepted == 3
+    assert {e.event_id for e in stored_events(runtime)} == {r["event_id"] for r in planned.staged.receipts}
+
+
+def test_a_withdrawal_between_plan_and_write_drops_the_planned_events(
+    api: TestClient, keys: Keys, runtime: Runtime
+) -> None:
+    grant(api, keys, ADA)
+    client_id = _collector_id(api, keys)
+    batch = _batch(runtime, ADA)
+    planned = _plan(runtime, client_id, batch)
+    assert planned.staged is not None and len(planned.staged.events) == 3
+
+    grant(api, keys, ADA, {"personalize": "withdrawn"})
+    report = _ingest(runtime, client_id, batch, planned)
+
+    assert (report.accepted, dict(report.dropped)) == (0, {"no_consent": 3})
+    assert stored_events(runtime) == [] and stored_signals(runtime) == []
+
+
+def test_a_grant_between_plan_and_write_admits_what_the_plan_dropped(
+    api: TestClient, keys: Keys, runtime: Runtime
+) -> None:
+    grant(api, keys, ADA, {"personalize": "denied"})
+    client_id = _collector_id(api, keys)
+    batch = _batch(runtime, ADA)
+    planned = _plan(runtime, client_id, batch)
+    assert planned.staged is not None and planned.staged.events == {}
+
+    grant(api, keys, ADA)
+    report = _ingest(runtime, client_id, batch, planned)
+
+    assert report.accepted == 3
+    assert len(stored_events(runtime)) == 3
+
+
+def test_a_repeat_stored_between_plan_and_write_is_a_duplicate_and_not_counted_twice(
+    api: TestClient, keys: Keys, runtime: Runtime
+) -> None:
+    grant(api, keys, ADA)
+    client_id = _collector_id(api, keys)
+    batch = _batch(runtime, ADA)
+    first, second = _plan(runtime, client_id, batch), _plan(runtime, client_id, batch)
+
+    assert _ingest(runtime, client_id, batch, first).accepted == 3
+    report = _ingest(runtime, client_id, batch, second)
+
+    assert (report.accepted, report.duplicates) == (0, 3)
+    assert len(stored_events(runtime)) == 3
+    assert [s.evidence for s in stored_signals(runtime)] == [3]
+
+
+def test_a_partly_repeated_batch_counts_only_its_new_events_in_signals(
+    api: TestClient, keys: Keys, runtime: Runtime
+) -> None:
+    grant(api, keys, ADA)
+    client_id = _collector_id(api, keys)
+    _ingest(runtime, client_id, first := _batch(runtime, ADA, count=3), _plan(runtime, client_id, first))
+    again = _batch(runtime, ADA, count=5)  # m-0 .. m-4: three repeats, two new
+
+    report = _ingest(runtime, client_id, again, _plan(runtime, client_id, again))
+
+    assert (report.accepted, report.duplicates) == (2, 3)
+    assert len(stored_events(runtime)) == 5
+    assert [s.evidence for s in stored_signals(runtime)] == [5]
