@@ -19,6 +19,9 @@ from profilestore.db import Base
 
 class Signal(Base):
     __tablename__ = "signals"
+    # SQLite keeps the rows in primary-key order, so a subject's signals are read as one range
+    # rather than through a separate index (PostgreSQL ignores the option).
+    __table_args__ = {"sqlite_with_rowid": False}
 
     subject_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     dimension: Mapped[str] = mapped_column(String(64), primary_key=True)
