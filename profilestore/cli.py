@@ -73,7 +73,7 @@ def serve(
     workers = workers or settings.workers
     options = {
         "host": host or settings.host,
-        "port": port or settings.port,
+        "port": settings.port if port is None else port,  # 0 asks the system for a free port
         "log_level": settings.log_level,
         "proxy_headers": False,
         # uvicorn's access log prints client IP addresses and paths with subject ids: personal

@@ -191,9 +191,12 @@ class Database:
         return self._reader()
 
     def single_read(self) -> Connection:
-        """A connection for exactly one read statement (use it as a context manager). On SQLite
-        the statement runs without BEGIN and ROLLBACK around it; it is consistent on its own."""
-        return self.read_engine.connect().execution_options(**{_SINGLE_STATEMENT: True})
+        """A connection for exactly one read statement (use it as a context manager). It runs
+        without a transaction around it — it is consistent on its own — which saves SQLite two
+        statements and PostgreSQL two round trips (BEGIN and ROLLBACK)."""
+        if self.is_sqlite:
+            return self.read_engine.connect().execution_options(**{_SINGLE_STATEMENT: True})
+        return self.read_engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Session]:
