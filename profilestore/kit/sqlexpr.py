@@ -38,34 +38,28 @@ def _decayed_postgresql(element: decayed, compiler: SQLCompiler, **kw: Any) -> s
     return f"({score} * power(CAST(2.0 AS DOUBLE PRECISION), {seconds} / ({half_life} * 86400.0)))"
 
 
+def _spelled(function: type[FunctionElement[Any]], **by_dialect: str) -> None:
+    """Render ``function(args)`` with a template per dialect, ``{}`` standing for the arguments."""
+    for dialect, template in by_dialect.items():
+
+        def render(element: FunctionElement[Any], compiler: SQLCompiler, _template: str = template, **kw: Any) -> str:
+            return _template.format(compiler.process(element.clauses, **kw))
+
+        compiles(function, dialect)(render)
+
+
 class greatest(ReturnTypeFromArgs[Any]):
-    """The larger of two values (``max(a, b)`` on SQLite, ``GREATEST`` on PostgreSQL)."""
+    """The larger of two values."""
 
     inherit_cache = True
-
-
-@compiles(greatest, "sqlite")
-def _greatest_sqlite(element: greatest, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"max({compiler.process(element.clauses, **kw)})"
-
-
-@compiles(greatest, "postgresql")
-def _greatest_postgresql(element: greatest, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"GREATEST({compiler.process(element.clauses, **kw)})"
 
 
 class any_value(ReturnTypeFromArgs[Any]):
-    """Any one value of a group, for groups whose values are interchangeable (``max`` on SQLite;
-    PostgreSQL 15 has no ``any_value`` and no ``max`` over ``bytea``)."""
+    """Any one value of a group, for groups whose values are interchangeable (PostgreSQL 15 has
+    no ``any_value`` and no ``max`` over ``bytea``)."""
 
     inherit_cache = True
 
 
-@compiles(any_value, "sqlite")
-def _any_value_sqlite(element: any_value, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"max({compiler.process(element.clauses, **kw)})"
-
-
-@compiles(any_value, "postgresql")
-def _any_value_postgresql(element: any_value, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"(array_agg({compiler.process(element.clauses, **kw)}))[1]"
+_spelled(greatest, sqlite="max({})", postgresql="GREATEST({})")
+_spelled(any_value, sqlite="max({})", postgresql="(array_agg({}))[1]")
