@@ -82,7 +82,9 @@ def plan(
     known, admission = _look(session, batch, now)
     if _needs_linking(known, admission):
         return Plan(known, admission, None)
-    staged = events.stage(vault, settings, batch, admission, client_id=client_id, now=now)
+    staged = events.stage(
+        vault, settings, batch, admission, client_id=client_id, now=now, dialect=session.get_bind().dialect
+    )
     return Plan(known, admission, staged)
 
 
@@ -138,5 +140,7 @@ def _link_then_plan(
         for identifiers in pending:
             identity.link(session, vault, settings, identifiers, client_id=client_id)
         known, admission = _look(session, batch, now)
-    staged = events.stage(vault, settings, batch, admission, client_id=client_id, now=now)
+    staged = events.stage(
+        vault, settings, batch, admission, client_id=client_id, now=now, dialect=session.get_bind().dialect
+    )
     return Plan(known, admission, staged)

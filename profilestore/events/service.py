@@ -21,6 +21,7 @@ from typing import Any, cast
 from sqlalchemy import Select, Table, bindparam, insert, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from profilestore import metrics
@@ -171,6 +172,11 @@ class Staged:
     signals: signals.SignalWriter
     signal_rows: list[dict[str, Any]]
     ciphers: dict[str, SubjectCipher]
+    # the driver's parameters of the rows above, for ``dialect``: converted before the transaction
+    dialect: Dialect
+    receipt_params: list[Any]
+    event_params: dict[str, Any]  # message id → parameters
+    signal_params: list[Any]
 
 
 def stage(
@@ -181,8 +187,10 @@ def stage(
     *,
     client_id: str,
     now: datetime,
+    dialect: Dialect,
 ) -> Staged:
-    """Seal the admitted events and the signals they feed. Reads only the key store."""
+    """Seal the admitted events and the signals they feed, as parameters for ``dialect``. Reads
+    only the key store."""
     subjects = {sid for _, sid, _ in admission.admitted}
     ciphers = vault.ciphers({sid: () for sid in subjects}) if subjects else {}
     receipts: list[dict[str, Any]] = []
@@ -220,24 +228,40 @@ def stage(
         writer.add(subject_id, event.category, epoch, batch.evidence[index])
     receipts.sort(key=itemgetter("message_id"))
     report = IngestReport(0, admission.report.duplicates, Counter(admission.report.dropped))
-    return Staged(report, receipts, rows, evidence, writer, writer.rows(ciphers), ciphers)
+    signal_rows = writer.rows(ciphers)
+    return Staged(
+        report,
+        receipts,
+        rows,
+        evidence,
+        writer,
+        signal_rows,
+        ciphers,
+        dialect,
+        _CLAIM.params(dialect, receipts),
+        dict(zip(rows, _INSERT_EVENTS.params(dialect, list(rows.values())), strict=True)),
+        signals.write_params(dialect, settings.signals, signal_rows),
+    )
 
 
 def write(session: Session, settings: Settings, staged: Staged, *, now: datetime) -> IngestReport:
     """Store the staged events whose message ids are new from this client, and their signals."""
+    if session.get_bind().dialect.name != staged.dialect.name:  # staged for another database
+        raise ValueError("a batch staged for one database cannot be written to another")
     report = staged.report
-    claimed = _claim(session, staged.receipts)
-    rows = [row for message_id, row in staged.events.items() if message_id in claimed]
-    signal_rows = staged.signal_rows
-    if len(rows) < len(staged.events):  # repeats of earlier batches: their evidence is not counted again
+    claimed = _claim(session, staged)
+    event_params = [params for message_id, params in staged.event_params.items() if message_id in claimed]
+    signal_rows, signal_params = staged.signal_rows, staged.signal_params
+    if len(event_params) < len(staged.events):  # repeats of earlier batches: their evidence is not counted again
         writer = signals.SignalWriter(settings.signals, now, sealed=staged.signals.sealed)
         for message_id in claimed:
             writer.add(*staged.evidence[message_id])
         signal_rows = writer.rows(staged.ciphers)
-    _INSERT_EVENTS.execute(session, rows)
-    signals.write(session, settings.signals, signal_rows)
-    report.duplicates += len(staged.events) - len(rows)
-    report.accepted = len(rows)
+        signal_params = signals.write_params(staged.dialect, settings.signals, signal_rows)
+    _INSERT_EVENTS.execute_params(session, event_params)
+    signals.write(session, settings.signals, signal_rows, signal_params)
+    report.duplicates += len(staged.events) - len(event_params)
+    report.accepted = len(event_params)
     _count(report)
     return report
 
@@ -262,12 +286,13 @@ _CLAIMED_BY = select(_RECEIPTS.c.message_id, _RECEIPTS.c.event_id).where(
 )
 
 
-def _claim(session: Session, receipts: Sequence[dict[str, Any]]) -> set[str]:
-    """Record the receipts; returns the message ids that were new from this client (a concurrent
-    sender of the same id waits for the other transaction, then finds it taken)."""
+def _claim(session: Session, staged: Staged) -> set[str]:
+    """Record the staged receipts; returns the message ids that were new from this client (a
+    concurrent sender of the same id waits for the other transaction, then finds it taken)."""
+    receipts = staged.receipts
     if not receipts:
         return set()
-    written = _CLAIM.execute(session, receipts)
+    written = _CLAIM.execute_params(session, staged.receipt_params)
     if written == len(receipts):  # the usual case: no repeats, nothing more to ask
         return {r["message_id"] for r in receipts}
     # Some were there already: a receipt is ours if it holds the event id this batch made.

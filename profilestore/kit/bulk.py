@@ -50,14 +50,10 @@ class Bulk:
             self._compiled[dialect.name] = found
         return found
 
-    def execute(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
-        """Write ``rows`` (each a mapping of every bound column to its value); returns the number
-        of rows the database reports written (an insert that a conflict skipped is not)."""
-        if not rows:
-            return 0
-        session.flush()  # as session.execute would: pending ORM rows first
-        connection = session.connection()
-        compiled = self._for(connection.dialect)
+    def params(self, dialect: Dialect, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """The driver's parameters for ``rows`` (each a mapping of every bound column to its
+        value): the part of a write that needs no connection, so it can be done before one."""
+        compiled = self._for(dialect)
         params: list[Any] = []
         for row in rows:
             values = compiled.values(row)
@@ -67,4 +63,17 @@ class Bulk:
                     converted[position] = process(converted[position])
                 values = tuple(converted)
             params.append(values if compiled.positional else dict(zip(compiled.names, values, strict=True)))
-        return int(connection.exec_driver_sql(compiled.sql, params).rowcount)
+        return params
+
+    def execute(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Write ``rows``; returns the number of rows the database reports written (an insert that
+        a conflict skipped is not)."""
+        return self.execute_params(session, self.params(session.get_bind().dialect, rows))
+
+    def execute_params(self, session: Session, params: Sequence[Any]) -> int:
+        """Write rows given as ``params`` (from ``params``, for this session's dialect)."""
+        if not params:
+            return 0
+        session.flush()  # as session.execute would: pending ORM rows first
+        connection = session.connection()
+        return int(connection.exec_driver_sql(self._for(connection.dialect).sql, list(params)).rowcount)

@@ -37,6 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.elements import ColumnElement
@@ -267,11 +268,22 @@ class SignalWriter:
         return len(rows)
 
 
-def write(session: Session, settings: SignalSettings, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Fold ``rows`` (from ``SignalWriter.rows``) into the stored signals, one upsert per row."""
+def write_params(dialect: Dialect, settings: SignalSettings, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """The driver's parameters for writing ``rows``, worked out before the write transaction."""
+    return _upsert_for(settings.half_life_days).params(dialect, rows)
+
+
+def write(
+    session: Session, settings: SignalSettings, rows: Sequence[Mapping[str, Any]], params: Sequence[Any] | None = None
+) -> None:
+    """Fold ``rows`` (from ``SignalWriter.rows``) into the stored signals, one upsert per row;
+    ``params``, when given, are ``write_params`` of the same rows."""
     if rows:
         lock_subjects(session, {row["subject_id"] for row in rows})
-        _upsert_for(settings.half_life_days).execute(session, rows)
+        upsert = _upsert_for(settings.half_life_days)
+        upsert.execute_params(
+            session, params if params is not None else upsert.params(session.get_bind().dialect, rows)
+        )
 
 
 def forget(session: Session, subject_id: str, buckets: Iterable[tuple[str, datetime]] | None = None) -> None:
