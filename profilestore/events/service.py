@@ -35,6 +35,7 @@ from profilestore.kit.ids import new_ids
 from profilestore.kit.moving import move_subject_rows
 from profilestore.kit.sql import rows
 from profilestore.purposes import service as purposes
+from profilestore.signals import evidence as signal_evidence
 from profilestore.signals import service as signals
 
 TABLE = "events"
@@ -70,7 +71,7 @@ class PreparedBatch:
 
     events: Sequence[IncomingEvent]
     payloads: list[bytes]
-    evidence: list[signals.Evidence]
+    evidence: list[signal_evidence.Evidence]
     indexes: Sequence[tuple[bytes, ...]] = ()  # filled in by intake (identity's part)
 
 
@@ -99,7 +100,7 @@ def prepare(
         if event.occurred_at > latest:
             raise InvalidInput("occurred_at is in the future", field=f"{field_prefix.format(index=index)}occurred_at")
         payloads.append(payload)
-    reader = signals.EvidenceReader(vault, settings.signals, now)
+    reader = signal_evidence.EvidenceReader(vault, settings.signals, now)
     evidence = [reader.read(e.type, e.occurred_at, e.properties) for e in events]
     return PreparedBatch(events, payloads, evidence)
 
@@ -168,7 +169,9 @@ class Staged:
     report: IngestReport  # the gate's drops and in-batch repeats
     receipts: list[dict[str, Any]]  # in message-id order (two writers on PostgreSQL meet them in one order)
     events: dict[str, dict[str, Any]]  # message id → event row
-    evidence: dict[str, tuple[str, str, datetime, signals.Evidence]]  # message id → (subject, category, epoch, …)
+    evidence: dict[
+        str, tuple[str, str, datetime, signal_evidence.Evidence]
+    ]  # message id → (subject, category, epoch, …)
     signals: signals.SignalWriter
     signal_rows: list[dict[str, Any]]
     ciphers: dict[str, SubjectCipher]
@@ -195,7 +198,7 @@ def stage(
     ciphers = vault.ciphers({sid: () for sid in subjects}) if subjects else {}
     receipts: list[dict[str, Any]] = []
     rows: dict[str, dict[str, Any]] = {}
-    evidence: dict[str, tuple[str, str, datetime, signals.Evidence]] = {}
+    evidence: dict[str, tuple[str, str, datetime, signal_evidence.Evidence]] = {}
     writer = signals.SignalWriter(settings.signals, now)
     for (index, subject_id, allowed), event_id in zip(
         admission.admitted, new_ids("evt", len(admission.admitted)), strict=True
@@ -323,7 +326,7 @@ def rebuild_signals(
     if not buckets:
         return 0
     cipher = vault.cipher(subject_id)
-    reader = signals.EvidenceReader(vault, settings.signals, now)
+    reader = signal_evidence.EvidenceReader(vault, settings.signals, now)
     writer = signals.SignalWriter(settings.signals, now)
     remaining = session.execute(
         select(e.event_id, e.type, e.category, e.epoch, e.occurred_at, e.properties_ct).where(

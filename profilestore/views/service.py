@@ -30,6 +30,7 @@ from profilestore.kit.errors import Forbidden, InvalidInput
 from profilestore.preferences import service as preferences
 from profilestore.purposes import service as purposes
 from profilestore.purposes.rules import ancestors
+from profilestore.signals import evidence as signal_evidence
 from profilestore.signals import service as signals
 from profilestore.views import ranking
 from profilestore.views.schemas import (
@@ -151,7 +152,7 @@ def _view(
     declared = _declarations(prefs, settings)
     limit = settings.views.max_values_per_dimension
     # Declared values are fetched whatever their behavioural rank: evidence for them makes them "both".
-    also = {signals.value_index(vault, d.dimension, d.value) for d in declared}
+    also = {signal_evidence.value_index(vault, d.dimension, d.value) for d in declared}
     reading = signals.read(session, cipher, permitted, settings.signals, now, limit=limit, also=also)
     ranked = ranking.rank(
         reading.values,
@@ -202,7 +203,7 @@ def _declarations(prefs: Sequence[preferences.PreferenceOut], settings: Settings
             continue
         values = pref.value if isinstance(pref.value, list) else [pref.value]
         for raw in values:
-            value = signals.normalise_value(raw)
+            value = signal_evidence.normalise_value(raw)
             if value:
                 found.append(ranking.Declaration(dimension, value, pref.declared_at))
     return found

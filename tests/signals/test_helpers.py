@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from profilestore.config import SignalSettings
-from profilestore.signals.service import MAX_VALUE_LENGTH, decay, extract, normalise_value, price_band
+from profilestore.signals.evidence import MAX_VALUE_LENGTH, decay, extract, normalise_value, price_band
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 BANDS = [25.0, 50.0, 100.0, 250.0]
