@@ -160,8 +160,12 @@ class Database:
     def _begin_writing(self, session: Session, _transaction: SessionTransaction, connection: Connection) -> None:
         assert self._lock is not None
         self._lock.acquire()
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            self._lock.release()
+            raise
         session.info["holds_writer_lock"] = True
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     def _end_writing(self, session: Session) -> None:
         if session.info.pop("holds_writer_lock", False):

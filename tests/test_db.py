@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from profilestore.db import Database
 
@@ -114,3 +115,24 @@ def test_writers_of_one_process_take_turns(database: Database) -> None:
     assert overlaps[0] == 1
     with database.read_session() as session:
         assert session.execute(text("SELECT COUNT(*) FROM marks")).scalar_one() == 80
+
+
+def test_a_transaction_that_cannot_begin_gives_the_lock_back(database: Database, tmp_path: Path) -> None:
+    # Another connection that ignores the lock file holds SQLite's own write lock past the busy
+    # timeout: BEGIN IMMEDIATE fails, and the writer lock must not stay taken.
+    import sqlite3
+
+    pooled = database.engine.raw_connection()  # the connection the session will get back from the pool
+    pooled.driver_connection.execute("PRAGMA busy_timeout=50")  # fail fast instead of after 30 s
+    pooled.close()
+    rogue = sqlite3.connect(f"{tmp_path}/lock.db", isolation_level=None)
+    rogue.execute("BEGIN IMMEDIATE")
+    blocked = database.write_session()
+    with pytest.raises(OperationalError):
+        blocked.execute(text("INSERT INTO marks VALUES ('blocked', 0)"))
+    blocked.close()
+    rogue.execute("ROLLBACK")
+    rogue.close()
+
+    with database.transaction() as session:  # would wait forever if the lock were still held
+        session.execute(text("INSERT INTO marks VALUES ('after', 0)"))
