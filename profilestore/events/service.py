@@ -168,17 +168,15 @@ class Staged:
 
     report: IngestReport  # the gate's drops and in-batch repeats
     receipts: list[dict[str, Any]]  # in message-id order (two writers on PostgreSQL meet them in one order)
-    events: dict[str, dict[str, Any]]  # message id → event row
-    evidence: dict[
-        str, tuple[str, str, datetime, signal_evidence.Evidence]
-    ]  # message id → (subject, category, epoch, …)
+    # message id → (subject, category, epoch, evidence): to count again after dropping repeats
+    evidence: dict[str, tuple[str, str, datetime, signal_evidence.Evidence]]
     signals: signals.SignalWriter
     signal_rows: list[dict[str, Any]]
     ciphers: dict[str, SubjectCipher]
-    # the driver's parameters of the rows above, for ``dialect``: converted before the transaction
+    # The rows as the driver's parameters for ``dialect``, converted before the transaction.
     dialect: Dialect
     receipt_params: list[Any]
-    event_params: dict[str, Any]  # message id → parameters
+    event_params: dict[str, Any]  # message id → the event row's parameters
     signal_params: list[Any]
 
 
@@ -235,7 +233,6 @@ def stage(
     return Staged(
         report,
         receipts,
-        rows,
         evidence,
         writer,
         signal_rows,
@@ -255,7 +252,7 @@ def write(session: Session, settings: Settings, staged: Staged, *, now: datetime
     claimed = _claim(session, staged)
     event_params = [params for message_id, params in staged.event_params.items() if message_id in claimed]
     signal_rows, signal_params = staged.signal_rows, staged.signal_params
-    if len(event_params) < len(staged.events):  # repeats of earlier batches: their evidence is not counted again
+    if len(event_params) < len(staged.event_params):  # repeats of earlier batches: not counted again
         writer = signals.SignalWriter(settings.signals, now, sealed=staged.signals.sealed)
         for message_id in claimed:
             writer.add(*staged.evidence[message_id])
@@ -263,7 +260,7 @@ def write(session: Session, settings: Settings, staged: Staged, *, now: datetime
         signal_params = signals.write_params(staged.dialect, settings.signals, signal_rows)
     _INSERT_EVENTS.execute_params(session, event_params)
     signals.write(session, settings.signals, signal_rows, signal_params)
-    report.duplicates += len(staged.events) - len(event_params)
+    report.duplicates += len(staged.event_params) - len(event_params)
     report.accepted = len(event_params)
     _count(report)
     return report

@@ -70,7 +70,7 @@ def test_a_withdrawal_between_plan_and_write_drops_the_planned_events(
     client_id = _collector_id(api, keys)
     batch = _batch(runtime, ADA)
     planned = _plan(runtime, client_id, batch)
-    assert planned.staged is not None and len(planned.staged.events) == 3
+    assert planned.staged is not None and len(planned.staged.event_params) == 3
 
     grant(api, keys, ADA, {"personalize": "withdrawn"})
     report = _ingest(runtime, client_id, batch, planned)
@@ -86,7 +86,7 @@ def test_a_grant_between_plan_and_write_admits_what_the_plan_dropped(
     client_id = _collector_id(api, keys)
     batch = _batch(runtime, ADA)
     planned = _plan(runtime, client_id, batch)
-    assert planned.staged is not None and planned.staged.events == {}
+    assert planned.staged is not None and planned.staged.event_params == {}
 
     grant(api, keys, ADA)
     report = _ingest(runtime, client_id, batch, planned)
