@@ -47,14 +47,15 @@ def _write_session(request: Request) -> Iterator[Session]:
 
 
 async def _read_session(request: Request) -> AsyncIterator[Session]:
-    # Made and closed on the event loop: a session does no I/O until first used (in the route's
-    # thread), and closing a read-only one only ends its snapshot. As a plain ``def`` it cost two
-    # trips to the thread pool and back per request, more than a whole view's queries.
-    session = get_runtime(request).db.read_session()
+    # Made on the event loop (a session does no I/O until first used, in the route's thread) and
+    # closed where database work belongs (database_work): a plain ``def`` would cost two trips to
+    # the thread pool and back per request.
+    database = get_runtime(request).db
+    session = database.read_session()
     try:
         yield session
     finally:
-        session.close()
+        await database_work(database, session.close)
 
 
 # The dependencies below only read attributes: ``async def`` runs them on the event loop. A plain

@@ -340,16 +340,11 @@ _STATES = select(*_STATE_COLUMNS).where(ConsentState.subject_id == bindparam("su
 _STATES_OF_SUBJECTS = select(ConsentState.subject_id, *_STATE_COLUMNS).where(
     ConsentState.subject_id.in_(bindparam("subjects", expanding=True))
 )
-_STATES_OF = _STATES.where(ConsentState.purpose.in_(bindparam("purposes", expanding=True)))
 
 
-def _states(session: Session, subject_id: str, purposes_: Sequence[str] | None = None) -> dict[str, State]:
-    """The subject's current state per purpose (only ``purposes_`` when given)."""
-    if purposes_ is None:
-        result = rows(session, _STATES, {"subject_id": subject_id})
-    else:
-        result = rows(session, _STATES_OF, {"subject_id": subject_id, "purposes": list(purposes_)})
-    return {purpose: State(*rest) for purpose, *rest in result}
+def _states(session: Session, subject_id: str) -> dict[str, State]:
+    """The subject's current state per purpose."""
+    return {purpose: State(*rest) for purpose, *rest in rows(session, _STATES, {"subject_id": subject_id})}
 
 
 def effective_status(session: Session, subject_id: str, purpose: PurposeRule, now: datetime | None = None) -> Effective:

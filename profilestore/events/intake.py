@@ -66,6 +66,22 @@ def _needs_linking(known: Sequence[identity.Known | None], admission: events.Adm
     return any((found := known[i]) is not None and not found.complete for i, _, _ in admission.admitted)
 
 
+def _stage(
+    session: Session,
+    vault: Vault,
+    settings: Settings,
+    batch: events.PreparedBatch,
+    known: list[identity.Known | None],
+    admission: events.Admission,
+    *,
+    client_id: str,
+    now: datetime,
+) -> Plan:
+    dialect = session.get_bind().dialect
+    staged = events.stage(vault, settings, batch, admission, client_id=client_id, now=now, dialect=dialect)
+    return Plan(known, admission, staged)
+
+
 def plan(
     session: Session,
     vault: Vault,
@@ -82,10 +98,7 @@ def plan(
     known, admission = _look(session, batch, now)
     if _needs_linking(known, admission):
         return Plan(known, admission, None)
-    staged = events.stage(
-        vault, settings, batch, admission, client_id=client_id, now=now, dialect=session.get_bind().dialect
-    )
-    return Plan(known, admission, staged)
+    return _stage(session, vault, settings, batch, known, admission, client_id=client_id, now=now)
 
 
 def ingest(
@@ -107,7 +120,10 @@ def ingest(
     elif planned.staged is not None:
         known, admission = _look(session, batch, now)
         if known != planned.known or admission != planned.admission:
-            planned = plan(session, vault, settings, batch, client_id=client_id, now=now, field_prefix=field_prefix)
+            # What the plan saw has changed: start from what is in force now.
+            planned = Plan(known, admission, None)
+            if not _needs_linking(known, admission):
+                planned = _stage(session, vault, settings, batch, known, admission, client_id=client_id, now=now)
     if planned.staged is None:
         planned = _link_then_plan(session, vault, settings, batch, planned, client_id=client_id, now=now)
     assert planned.staged is not None
@@ -140,7 +156,4 @@ def _link_then_plan(
         for identifiers in pending:
             identity.link(session, vault, settings, identifiers, client_id=client_id)
         known, admission = _look(session, batch, now)
-    staged = events.stage(
-        vault, settings, batch, admission, client_id=client_id, now=now, dialect=session.get_bind().dialect
-    )
-    return Plan(known, admission, staged)
+    return _stage(session, vault, settings, batch, known, admission, client_id=client_id, now=now)

@@ -223,7 +223,7 @@ def stage(
             "received_at": now,
             "epoch": epoch,
             "purposes": allowed,
-            "properties_ct": ciphers[subject_id].encrypt(TABLE, "properties", event_id, batch.payloads[index]),
+            "properties_ct": _seal(ciphers[subject_id], event_id, batch.payloads[index]),
         }
         evidence[event.message_id] = (subject_id, event.category, epoch, batch.evidence[index])
         writer.add(subject_id, event.category, epoch, batch.evidence[index])
@@ -266,8 +266,13 @@ def write(session: Session, settings: Settings, staged: Staged, *, now: datetime
     return report
 
 
+def _seal(cipher: SubjectCipher, event_id: str, payload: bytes) -> bytes:
+    return cipher.encrypt(TABLE, "properties", event_id, payload)
+
+
 def encrypt_properties(cipher: SubjectCipher, event_id: str, properties: dict[str, Any]) -> bytes:
-    return cipher.encrypt(TABLE, "properties", event_id, _JSON.encode(properties).encode())
+    """Properties sealed exactly as ingest stores them."""
+    return _seal(cipher, event_id, _JSON.encode(properties).encode())
 
 
 def decrypt_properties(cipher: SubjectCipher, event_id: str, blob: bytes) -> dict[str, Any]:
