@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         runtime.recorder.start()
+        runtime.db.start_checkpointing()
         if tune_gc:
             memory.settle()
         try:
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
         finally:
             # A clean shutdown writes every buffered access-log entry before the process ends.
             runtime.recorder.close()
+            runtime.db.stop_checkpointing()
 
     app = FastAPI(
         lifespan=lifespan,

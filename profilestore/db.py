@@ -9,15 +9,20 @@ validating, hashing, serialising) runs beside other writers. The lock is a threa
 advisory lock on a file beside the database, so writers of every process (service workers, the
 CLI) queue on it in turn instead of meeting SQLite's busy handler, which sleeps with back-off
 (tens of milliseconds per retry). Read-only sessions begin deferred and run beside writers (WAL).
+
+A serving process copies the write-ahead log back into the database file on a thread of its own
+(``Checkpointer``), not in the commit that happens to cross SQLite's threshold: that copy, and its
+sync of the database file, took half of an event batch's commit, inside the writer's turn.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +38,8 @@ try:  # advisory file locks; without them (Windows) writers of one process still
     import fcntl
 except ImportError:  # pragma: no cover - POSIX everywhere we run
     fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("profilestore")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -64,8 +71,11 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(database)
 
 
-def create_db_engine(url: str, *, immediate: bool = False, **kwargs: Any) -> Engine:
-    """An engine for ``url``; on SQLite: WAL, full sync, foreign keys, and a busy timeout."""
+def create_db_engine(
+    url: str, *, immediate: bool = False, autocheckpoint: Callable[[], bool] = lambda: True, **kwargs: Any
+) -> Engine:
+    """An engine for ``url``; on SQLite: WAL, full sync, foreign keys, and a busy timeout. Its
+    connections checkpoint the log on commit while ``autocheckpoint()`` holds when they connect."""
     # Statement parameters hold ciphertexts and blind indexes: keep them out of errors and logs.
     kwargs.setdefault("hide_parameters", True)
     if not url.startswith("sqlite"):
@@ -88,6 +98,10 @@ def create_db_engine(url: str, *, immediate: bool = False, **kwargs: Any) -> Eng
         # Read pages through a memory map instead of read() calls into a small per-connection
         # cache: random inserts into the growing event and receipt indexes read many pages.
         cursor.execute("PRAGMA mmap_size=268435456")
+        if not autocheckpoint():
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
+        # A log that has been copied back is cut to this size when it starts over.
+        cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         try:
             cursor.execute("SELECT pow(2.0, 0.5)")
         except sqlite3.OperationalError:
@@ -102,6 +116,58 @@ def create_db_engine(url: str, *, immediate: bool = False, **kwargs: Any) -> Eng
             connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
+class Checkpointer:
+    """Copies a SQLite database's write-ahead log back into the database file, on a thread of
+    its own, a short while after writes (``nudge``): a passive checkpoint, which never waits for
+    readers or writers and never holds up either. Stopping runs a last one."""
+
+    def __init__(self, path: Path, *, delay: float = 0.25) -> None:
+        self.path = path
+        self.delay = delay  # writes within this are copied together (pages they share, once)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="profilestore-checkpointer", daemon=True)
+            self._thread.start()
+
+    def nudge(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._wake.set()
+            self._thread.join()
+            self._thread = None
+
+    def checkpoint(self, connection: sqlite3.Connection) -> tuple[int, int]:
+        """One passive checkpoint: (frames in the log, frames now in the database file)."""
+        _busy, logged, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return logged, copied
+
+    def _run(self) -> None:
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            connection.execute("PRAGMA synchronous=FULL")
+            while not self._stop.is_set():
+                self._wake.wait()
+                self._stop.wait(self.delay)  # stopping cuts it short
+                self._wake.clear()
+                try:
+                    self.checkpoint(connection)
+                except sqlite3.Error:  # e.g. the file is going away in a test; the next try may do
+                    log.warning("checkpoint of the SQLite log failed", exc_info=True)
+        finally:
+            connection.close()
 
 
 class WriterLock:
@@ -140,12 +206,18 @@ class WriterLock:
 class Database:
     """Engines and session factories for one database (the data database or the key store)."""
 
-    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+    def __init__(self, url: str, *, checkpoint_delay: float = 0.25, **engine_kwargs: Any) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        self.engine = create_db_engine(url, immediate=self.is_sqlite, **engine_kwargs)
-        self.read_engine = create_db_engine(url, **engine_kwargs) if self.is_sqlite else self.engine
-        self._lock: WriterLock | None = WriterLock(_sqlite_file(url)) if self.is_sqlite else None
+        path = _sqlite_file(url) if self.is_sqlite else None
+        self._checkpointer = Checkpointer(path, delay=checkpoint_delay) if path is not None else None
+        self._checkpointing = False
+        autocheckpoint = lambda: not self._checkpointing  # noqa: E731 - read when a connection is made
+        self.engine = create_db_engine(url, immediate=self.is_sqlite, autocheckpoint=autocheckpoint, **engine_kwargs)
+        self.read_engine = (
+            create_db_engine(url, autocheckpoint=autocheckpoint, **engine_kwargs) if self.is_sqlite else self.engine
+        )
+        self._lock: WriterLock | None = WriterLock(path) if self.is_sqlite else None
         write_bind = self.engine.execution_options(**{_SESSION_BEGINS: True}) if self.is_sqlite else self.engine
         self._writer = sessionmaker(write_bind, expire_on_commit=False, autoflush=True)
         self._reader = sessionmaker(self.read_engine, expire_on_commit=False, autoflush=True)
@@ -171,6 +243,30 @@ class Database:
         if session.info.pop("holds_writer_lock", False):
             assert self._lock is not None
             self._lock.release()
+            if self._checkpointing:
+                assert self._checkpointer is not None
+                self._checkpointer.nudge()
+
+    def start_checkpointing(self) -> None:
+        """Copy the log back on a thread of this process from now on, not in commits (SQLite
+        files; nothing to do otherwise). For a serving process: call before it takes requests."""
+        if self._checkpointer is not None and not self._checkpointing:
+            self._checkpointing = True
+            self._reconnect()
+            self._checkpointer.start()
+
+    def stop_checkpointing(self) -> None:
+        """Back to checkpoints in commits, after a last one on the thread."""
+        if self._checkpointer is not None and self._checkpointing:
+            self._checkpointing = False
+            self._checkpointer.stop()
+            self._reconnect()
+
+    def _reconnect(self) -> None:
+        # Pooled connections keep the setting they were made with: make new ones.
+        self.engine.dispose()
+        if self.read_engine is not self.engine:
+            self.read_engine.dispose()
 
     def _end_outermost(self, session: Session, transaction: SessionTransaction) -> None:
         if transaction.parent is None:
@@ -216,6 +312,7 @@ class Database:
             session.close()
 
     def dispose(self) -> None:
+        self.stop_checkpointing()
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()

@@ -3,12 +3,14 @@ write transaction is open, never before a session's first statement nor after it
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,84 @@ def test_a_transaction_that_cannot_begin_gives_the_lock_back(database: Database,
 
     with database.transaction() as session:  # would wait forever if the lock were still held
         session.execute(text("INSERT INTO marks VALUES ('after', 0)"))
+
+
+# -- checkpoints on a thread of their own -------------------------------------------------------------
+
+
+def _write_pages(db: Database, rows: int = 400) -> None:
+    """One write transaction of about ``rows`` pages (4 KB each): past SQLite's threshold of 1,000
+    pages once written a few times, which a committing connection would checkpoint itself."""
+    with db.transaction() as session:
+        session.execute(text("CREATE TABLE IF NOT EXISTS pages (body BLOB)"))
+        for _ in range(rows):
+            session.execute(text("INSERT INTO pages VALUES (randomblob(4000))"))
+
+
+def _autocheckpoint(db: Database) -> int:
+    with db.read_session() as session:
+        return int(session.execute(text("PRAGMA wal_autocheckpoint")).scalar_one())
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_while_checkpointing_commits_leave_the_log_to_the_thread(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path}/ck.db")
+    try:
+        assert _autocheckpoint(db) == 1000  # SQLite's default: a commit past 1,000 pages copies them
+        db.start_checkpointing()
+        assert _autocheckpoint(db) == 0
+        _write_pages(db)
+        data_file = tmp_path / "ck.db"
+        # The thread copies the log into the database file, which grows by the rows written.
+        assert _wait_for(lambda: data_file.stat().st_size > 400 * 4000)
+        db.stop_checkpointing()
+        assert _autocheckpoint(db) == 1000
+    finally:
+        db.dispose()
+
+
+def test_a_commit_does_not_checkpoint_and_stopping_runs_the_last_one(tmp_path: Path) -> None:
+    # A minute between a write and its checkpoint: the thread will not get to it while the test looks.
+    db = Database(f"sqlite:///{tmp_path}/ck.db", checkpoint_delay=60.0)
+    try:
+        with db.engine.begin() as conn:
+            conn.execute(text("CREATE TABLE pages (body BLOB)"))
+        with closing(sqlite3.connect(tmp_path / "ck.db")) as raw:
+            raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.start_checkpointing()
+        data_file = tmp_path / "ck.db"
+        before = data_file.stat().st_size
+        for _ in range(4):  # 1,600 pages: a committing connection would have checkpointed
+            _write_pages(db)
+        assert data_file.stat().st_size == before  # all of it still in the log
+        started = time.monotonic()
+        db.stop_checkpointing()  # wakes the thread at once: no waiting out the delay
+        assert time.monotonic() - started < 30
+        assert data_file.stat().st_size > 1600 * 4000
+        with db.read_session() as session:
+            assert session.execute(text("SELECT count(*) FROM pages")).scalar_one() == 1600
+    finally:
+        db.dispose()
+
+
+def test_the_app_checkpoints_on_its_thread_while_it_serves(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from profilestore.app import create_app
+    from profilestore.config import Settings
+
+    app = create_app(Settings(data_dir=tmp_path / "store"))
+    runtime = app.state.runtime
+    runtime.migrate()
+    with TestClient(app):
+        assert _autocheckpoint(runtime.db) == 0
+    assert _autocheckpoint(runtime.db) == 1000
+    runtime.close()
