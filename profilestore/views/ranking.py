@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from profilestore.signals.types import Behaviour
 
@@ -26,8 +27,7 @@ class Declaration:
     declared_at: datetime
 
 
-@dataclass(frozen=True)
-class RankedSignal:
+class RankedSignal(NamedTuple):  # one per value a view returns: cheap to make
     value: str
     score: float
     tier: str

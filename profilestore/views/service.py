@@ -38,7 +38,6 @@ from profilestore.views.schemas import (
     Explanation,
     LeftOut,
     RecentEvent,
-    SignalOut,
     ViewOut,
 )
 
@@ -180,7 +179,8 @@ def _view(
         purpose=q.purpose,
         subject_id=subject_id,
         personalised=True,
-        signals={dimension: [SignalOut(**vars(s)) for s in values] for dimension, values in ranked.items() if values},
+        # Validated from plain mappings in one pass: cheaper than a model per value.
+        signals={dimension: [s._asdict() for s in values] for dimension, values in ranked.items() if values},  # type: ignore[misc]
         preferences=prefs,
         consent=ConsentSummary(
             in_force=True,
