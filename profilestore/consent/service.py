@@ -405,6 +405,8 @@ def collection_gates(session: Session, subject_ids: Sequence[str], now: datetime
             for key in ancestors(rule.key):
                 beneath.setdefault(key, []).append(rule)
     gates = {}
+    # Subjects with the same purposes in force share the answers of ``allowing``.
+    allowing: dict[tuple[str, ...], dict[str, list[str]]] = {}
     for sid, subject_states in states.items():
         in_force = list(without_consent)
         epoch = EPOCH_ZERO
@@ -415,7 +417,8 @@ def collection_gates(session: Session, subject_ids: Sequence[str], now: datetime
                 in_force.append(rule)
                 if verdict.grant_epoch is not None:
                     epoch = max(epoch, verdict.grant_epoch)
-        gates[sid] = CollectionGate(tuple(sorted(in_force, key=lambda rule: rule.key)), epoch)
+        ordered = tuple(sorted(in_force, key=lambda rule: rule.key))
+        gates[sid] = CollectionGate(ordered, epoch, allowing.setdefault(tuple(r.key for r in ordered), {}))
     return gates
 
 

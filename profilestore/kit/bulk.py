@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, cast
 
+from sqlalchemy import LargeBinary
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
@@ -30,6 +31,27 @@ class _Compiled:
     processed: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, processor) to apply
 
 
+def _converted(column: Sequence[Any], process: Callable[[Any], Any]) -> list[Any]:
+    seen: dict[Any, Any] = {}
+    converted = []
+    for value in column:
+        key = tuple(value) if type(value) is list else value
+        try:
+            found = seen[key]
+        except KeyError:
+            found = seen[key] = process(value)
+        except TypeError:  # unhashable: converted each time
+            found = process(value)
+        converted.append(found)
+    return converted
+
+
+def _needed(processor: Callable[[Any], Any] | None, column_type: Any, dialect: Dialect) -> bool:
+    """Whether a column's bind processor does anything the driver needs: SQLite takes ``bytes``
+    as they are, and wrapping each ciphertext in a ``memoryview`` first is a cost for nothing."""
+    return processor is not None and not (dialect.name == "sqlite" and isinstance(column_type, LargeBinary))
+
+
 class Bulk:
     """One INSERT (or upsert) statement, built per dialect by ``build``, run for many rows."""
 
@@ -42,10 +64,13 @@ class Bulk:
         if found is None:
             compiled = cast(SQLCompiler, self._build(dialect.name).compile(dialect=dialect))
             names = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.binds)
-            processors = [compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names]
+            types = [compiled.binds[n].type for n in names]
+            processors = [t.dialect_impl(dialect).bind_processor(dialect) for t in types]
             getter = itemgetter(*names)
             values = getter if len(names) > 1 else lambda row: (getter(row),)
-            processed = tuple((i, p) for i, p in enumerate(processors) if p is not None)
+            processed = tuple(
+                (i, p) for i, (p, t) in enumerate(zip(processors, types, strict=True)) if _needed(p, t, dialect) and p
+            )
             found = _Compiled(compiled.string, compiled.positional, names, values, processed)
             self._compiled[dialect.name] = found
         return found
@@ -54,16 +79,17 @@ class Bulk:
         """The driver's parameters for ``rows`` (each a mapping of every bound column to its
         value): the part of a write that needs no connection, so it can be done before one."""
         compiled = self._for(dialect)
-        params: list[Any] = []
-        for row in rows:
-            values = compiled.values(row)
-            if compiled.processed:
-                converted = list(values)
-                for position, process in compiled.processed:
-                    converted[position] = process(converted[position])
-                values = tuple(converted)
-            params.append(values if compiled.positional else dict(zip(compiled.names, values, strict=True)))
-        return params
+        if not rows:
+            return []
+        # Column by column: each conversion runs over one list, and a value met again in the same
+        # column (a batch's receipt time, grant epoch, list of purposes) is converted once.
+        columns: list[Sequence[Any]] = list(zip(*map(compiled.values, rows), strict=True))
+        for position, process in compiled.processed:
+            columns[position] = _converted(columns[position], process)
+        values = zip(*columns, strict=True)
+        if compiled.positional:
+            return list(values)
+        return [dict(zip(compiled.names, row, strict=True)) for row in values]
 
     def execute(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
         """Write ``rows``; returns the number of rows the database reports written (an insert that

@@ -4,7 +4,9 @@ A view runs half a dozen small statements and authentication one more; SQLAlchem
 layer costs about 17 µs a statement on top of the 2 µs SQLite takes to answer — together more
 than a third of a view. ``rows`` runs a Core statement in the session's transaction as
 SQLAlchemy would (same SQL, the columns' own bind and result processors), minus that layer.
-Statements whose SQL depends on their parameters (an expanding ``IN``) go through SQLAlchemy.
+An expanding ``IN`` (a batch's subjects, say) is spelled out with one placeholder per value, as
+SQLAlchemy does; an empty one, and anything else whose SQL depends on its parameters, goes
+through SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.sqltypes import TupleType
 
 Processor = Callable[[Any], Any]
 
@@ -29,6 +32,8 @@ class _Plan:
     positional: bool
     binds: tuple[tuple[str, Processor | None, Any], ...]  # (name, processor, value built into the statement)
     columns: tuple[Any, ...]  # the selected columns' types, for their result processors
+    expanding: frozenset[str]  # parameters that are lists, each spelled out as one placeholder per value
+    template: str  # the driver's placeholder, with ``%(name)s`` for a parameter's name
     # (column position, processor) to apply; known after the first execution, as some drivers'
     # processors depend on the type the database reports for the column
     results: tuple[tuple[int, Processor], ...] | None = None
@@ -46,7 +51,9 @@ def _plan(statement: Executable, dialect: Dialect) -> _Plan | None:
     plan = None
     if isinstance(statement, Select):
         compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
-        if not compiled.literal_execute_params and not compiled.post_compile_params:
+        expanding = frozenset(p.key for p in compiled.post_compile_params)
+        plain = all(p.expanding and not isinstance(p.type, TupleType) for p in compiled.post_compile_params)
+        if not compiled.literal_execute_params and plain:
             names = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.binds)
             binds = tuple(
                 (
@@ -57,7 +64,7 @@ def _plan(statement: Executable, dialect: Dialect) -> _Plan | None:
                 for name in names
             )
             columns = tuple(column.type.dialect_impl(dialect) for column in statement.selected_columns)
-            plan = _Plan(compiled.string, compiled.positional, binds, columns)
+            plan = _Plan(compiled.string, compiled.positional, binds, columns, expanding, compiled.bindtemplate)
     per_dialect[dialect.name] = plan
     return plan
 
@@ -67,17 +74,13 @@ def fetch(
 ) -> Sequence[tuple[Any, ...]]:
     """All rows of a Core SELECT, as tuples, on ``connection`` (in its transaction)."""
     plan = _plan(statement, connection.dialect)
-    if plan is None:
+    bound = _bound(plan, params or {}) if plan is not None else None
+    if plan is None or bound is None:
         return [tuple(row) for row in connection.execute(statement, params).all()]
-    given = params or {}
-    values = []
-    for name, process, built_in in plan.binds:
-        value = given.get(name, built_in)
-        values.append(value if process is None else process(value))
-    bound: Any = tuple(values) if plan.positional else dict(zip((b[0] for b in plan.binds), values, strict=True))
+    sql, values = bound
     cursor = connection.connection.cursor()
     try:
-        cursor.execute(plan.sql, bound)
+        cursor.execute(sql, values)
         found = cursor.fetchall()
         if plan.results is None:
             plan.results = tuple(
@@ -87,7 +90,7 @@ def fetch(
             )
     except connection.dialect.loaded_dbapi.Error as exc:
         # As SQLAlchemy would raise it, so the service's handlers (503 for an outage) apply.
-        raise DBAPIError.instance(plan.sql, bound, exc, connection.dialect.loaded_dbapi.Error) from exc
+        raise DBAPIError.instance(sql, values, exc, connection.dialect.loaded_dbapi.Error) from exc
     finally:
         cursor.close()
     if not plan.results:
@@ -99,6 +102,33 @@ def fetch(
             values[position] = process(values[position])
         converted.append(tuple(values))
     return converted
+
+
+def _bound(plan: _Plan, given: Mapping[str, Any]) -> tuple[str, Any] | None:
+    """The SQL and the driver's parameters for one execution; None for an empty expanding list
+    (SQLAlchemy spells that as a subquery of no rows)."""
+    sql = plan.sql
+    positional: list[Any] = []
+    named: dict[str, Any] = {}
+    for name, process, built_in in plan.binds:
+        value = given.get(name, built_in)
+        if name in plan.expanding:
+            items = list(value)
+            if not items:
+                return None
+            if process is not None:
+                items = [process(item) for item in items]
+            keys = [f"{name}_{i}" for i in range(1, len(items) + 1)]
+            sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join(plan.template % {"name": key} for key in keys))
+            if plan.positional:
+                positional.extend(items)
+            else:
+                named.update(zip(keys, items, strict=True))
+        elif plan.positional:
+            positional.append(value if process is None else process(value))
+        else:
+            named[name] = value if process is None else process(value)
+    return sql, tuple(positional) if plan.positional else named
 
 
 def rows(session: Session, statement: Executable, params: Mapping[str, Any] | None = None) -> Sequence[tuple[Any, ...]]:

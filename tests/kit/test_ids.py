@@ -46,3 +46,15 @@ def test_ids_made_together_are_unique_well_formed_and_of_their_moment(monkeypatc
     assert all(re.fullmatch(r"evt_[0-9a-hjkmnp-tv-z]{26}", m) for m in made)
     # the first ten characters carry the milliseconds, exactly as new_id writes them
     assert {m[4:14] for m in made} == {_reference(millis << 80)[:10]}
+
+
+@pytest.mark.parametrize("millis", [0, 1_764_000_000_000, 2**48 - 1])
+def test_ids_made_together_spell_their_bits_as_one_id_does(monkeypatch: pytest.MonkeyPatch, millis: int) -> None:
+    randomness = bytes(range(10)) + b"\xff" * 10 + b"\x00" * 9 + b"\x01"
+    monkeypatch.setattr(ids.time, "time_ns", lambda: millis * 1_000_000 + 5)
+    monkeypatch.setattr(ids.secrets, "token_bytes", lambda n: randomness[:n])
+
+    made = ids.new_ids("evt", 3)
+
+    expected = ["evt_" + _reference(millis << 80 | int.from_bytes(randomness[i : i + 10])) for i in range(0, 30, 10)]
+    assert made == expected
