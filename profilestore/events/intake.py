@@ -5,13 +5,18 @@ the Segment endpoints follow.
    properties, blind indexes, signal evidence);
 2. ``plan``: on a read snapshot, look the batch's people up, apply the consent gate (a dropped
    event leaves nothing behind, not even an identifier link) and seal the rows to write;
-3. ``ingest``, in the write transaction: look up and gate again; when nothing the plan rests on has
-   changed (the usual case), write its rows; otherwise work it out again here — linking identifiers
-   that are new or span two subjects (attach, merge), then looking up and gating again, since a
-   link can make later events of the same batch known — and write that.
+3. ``ingest``, in the write transaction: when nothing the plan rests on has changed (the usual
+   case), write its rows; otherwise work it out again here — linking identifiers that are new or
+   span two subjects (attach, merge), then looking up and gating again, since a link can make
+   later events of the same batch known — and write that.
 
-On SQLite only step 3 holds the writer lock (see db.py): it reads a few rows, compares them with
-the plan's, and writes. The rest of a batch's work runs beside other writers.
+Whether anything changed: on SQLite, triggers on every table the gate reads (``GATED_BY``) move
+one counter (``GateGeneration``), which the plan reads in its snapshot and the write transaction
+reads again — one number instead of the batch's people. On PostgreSQL, the write transaction
+looks them up and gates again, and compares.
+
+On SQLite only step 3 holds the writer lock (see db.py): it reads the counter and writes. The rest
+of a batch's work runs beside other writers.
 """
 
 from __future__ import annotations
@@ -20,14 +25,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from profilestore.config import Settings
 from profilestore.crypto.service import Vault
 from profilestore.events import service as events
+from profilestore.events.models import GateGeneration
 from profilestore.identity import service as identity
+from profilestore.kit.sql import rows
 
 MAX_LINK_ROUNDS = 5  # each round can only make more of the batch known; a handful always suffices
+
+# The tables the collection gate reads (identity lookup, consent states, purpose rules, the
+# taxonomy); on SQLite each has triggers that move the gate generation (migration 0004).
+GATED_BY = ("identifiers", "subjects", "consent_state", "purposes", "purpose_categories", "data_categories")
+_GENERATION = select(GateGeneration.value).where(GateGeneration.id == 1)
+
+
+def gate_generation(session: Session) -> int | None:
+    """The counter of changes to what the gate reads, on SQLite; None where no triggers keep it."""
+    if session.get_bind().dialect.name != "sqlite":
+        return None
+    return int(rows(session, _GENERATION)[0][0])
 
 
 def prepare(
@@ -52,6 +72,7 @@ class Plan:
     known: list[identity.Known | None]
     admission: events.Admission
     staged: events.Staged | None  # None when identifiers must be linked first: that writes
+    generation: int | None = None  # the gate generation it was worked out at (SQLite)
 
 
 def _look(
@@ -94,11 +115,13 @@ def plan(
 ) -> Plan:
     """Gate a prepared batch and seal what it would write, reading only (``session`` need not be
     the write transaction)."""
+    generation = gate_generation(session)  # first: the snapshot the lookups below read
     events.check_categories(session, batch, field_prefix=field_prefix)
     known, admission = _look(session, batch, now)
     if _needs_linking(known, admission):
-        return Plan(known, admission, None)
-    return _stage(session, vault, settings, batch, known, admission, client_id=client_id, now=now)
+        return Plan(known, admission, None, generation)
+    staged = _stage(session, vault, settings, batch, known, admission, client_id=client_id, now=now)
+    return replace(staged, generation=generation)
 
 
 def ingest(
@@ -117,7 +140,7 @@ def ingest(
     rests on are still those in force; otherwise the batch is worked out again here."""
     if planned is None:
         planned = plan(session, vault, settings, batch, client_id=client_id, now=now, field_prefix=field_prefix)
-    elif planned.staged is not None:
+    elif planned.staged is not None and (planned.generation is None or gate_generation(session) != planned.generation):
         known, admission = _look(session, batch, now)
         if known != planned.known or admission != planned.admission:
             # What the plan saw has changed: start from what is in force now.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, LargeBinary, String
+from sqlalchemy import JSON, BigInteger, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from profilestore.db import Base
@@ -40,3 +40,17 @@ class EventReceipt(Base):
     subject_id: Mapped[str] = mapped_column(String(40))
     event_id: Mapped[str] = mapped_column(String(40))
     received_at: Mapped[datetime]
+
+
+class GateGeneration(Base):
+    """One counter that every write to what the collection gate reads moves on: identifiers,
+    subjects, consent states, purposes, their policies and the taxonomy. SQLite triggers keep it
+    (migration 0004), so no writer can forget to. A batch planned on a snapshot is written as
+    planned when the counter has not moved since (``events/intake.py``). PostgreSQL has no
+    triggers on it — a counter row that every consent write updates would queue those writes on
+    one another — and looks the batch up again instead."""
+
+    __tablename__ = "gate_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from profilestore.events import intake
 from profilestore.events import service as events
 from profilestore.kit.time import utcnow
 from profilestore.runtime import Runtime
 from tests.conftest import Keys
-from tests.events.support import grant, stored_events, stored_signals
+from tests.events.support import event, grant, ingest, restrict, stored_events, stored_signals
 
 ADA = {"email": "ada@example.com"}
 
@@ -124,3 +126,60 @@ def test_a_partly_repeated_batch_counts_only_its_new_events_in_signals(
     assert (report.accepted, report.duplicates) == (2, 3)
     assert len(stored_events(runtime)) == 5
     assert [s.evidence for s in stored_signals(runtime)] == [5]
+
+
+def test_a_restriction_between_plan_and_write_drops_the_planned_events(
+    api: TestClient, keys: Keys, runtime: Runtime
+) -> None:
+    subject_id = grant(api, keys, ADA)
+    client_id = _collector_id(api, keys)
+    batch = _batch(runtime, ADA)
+    planned = _plan(runtime, client_id, batch)
+    assert planned.staged is not None
+
+    restrict(runtime, subject_id)
+    report = _ingest(runtime, client_id, batch, planned)
+
+    assert (report.accepted, dict(report.dropped)) == (0, {"restricted": 3})
+    assert stored_events(runtime) == []
+
+
+# -- the gate generation (SQLite): what tells the write transaction that nothing changed ----------
+
+
+def _generation(runtime: Runtime) -> int | None:
+    with runtime.db.read_session() as session:
+        return intake.gate_generation(session)
+
+
+def test_every_table_the_gate_reads_moves_the_generation_on_sqlite(runtime: Runtime) -> None:
+    with runtime.db.read_session() as session:
+        if runtime.db.is_sqlite:
+            triggers = {
+                (table, name)
+                for name, table in session.execute(
+                    text("SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger'")
+                )
+            }
+            for table in intake.GATED_BY:
+                for change in ("insert", "update", "delete"):
+                    assert (table, f"gate_{table}_{change}") in triggers
+        else:
+            assert intake.gate_generation(session) is None  # PostgreSQL looks the batch up again
+
+
+def test_consent_and_identity_writes_move_the_generation_and_event_writes_do_not(
+    api: TestClient, keys: Keys, runtime: Runtime
+) -> None:
+    if not runtime.db.is_sqlite:
+        pytest.skip("PostgreSQL keeps no gate generation: it looks every batch up again")
+    before = _generation(runtime)
+    subject_id = grant(api, keys, ADA)
+    granted = _generation(runtime)
+    assert granted is not None and before is not None and granted > before
+
+    ingest(api, keys, [event(ADA, message_id=f"e-{i}") for i in range(3)])
+    assert _generation(runtime) == granted  # batches planned meanwhile stay valid
+
+    restrict(runtime, subject_id)
+    assert (_generation(runtime) or 0) > granted
