@@ -149,25 +149,23 @@ class Checkpointer:
             self._thread.join()
             self._thread = None
 
-    def checkpoint(self, connection: sqlite3.Connection) -> tuple[int, int]:
-        """One passive checkpoint: (frames in the log, frames now in the database file)."""
-        _busy, logged, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        return logged, copied
-
     def _run(self) -> None:
-        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        connection: sqlite3.Connection | None = None
         try:
-            connection.execute("PRAGMA synchronous=FULL")
             while not self._stop.is_set():
                 self._wake.wait()
                 self._stop.wait(self.delay)  # stopping cuts it short
                 self._wake.clear()
                 try:
-                    self.checkpoint(connection)
-                except sqlite3.Error:  # e.g. the file is going away in a test; the next try may do
+                    if connection is None:
+                        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                        connection.execute("PRAGMA synchronous=FULL")
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:  # the file went away (a test's folder), say: the next nudge tries again
                     log.warning("checkpoint of the SQLite log failed", exc_info=True)
         finally:
-            connection.close()
+            if connection is not None:
+                connection.close()
 
 
 class WriterLock:

@@ -219,3 +219,27 @@ def test_the_app_checkpoints_on_its_thread_while_it_serves(tmp_path: Path) -> No
         assert _autocheckpoint(runtime.db) == 0
     assert _autocheckpoint(runtime.db) == 1000
     runtime.close()
+
+
+def test_a_checkpoint_that_fails_is_logged_and_tried_again_at_the_next_nudge(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from profilestore.db import Checkpointer
+
+    folder = tmp_path / "not-yet"
+    checkpointer = Checkpointer(folder / "late.db", delay=0.0)
+    checkpointer.start()
+    try:
+        checkpointer.nudge()
+        assert _wait_for(lambda: "checkpoint of the SQLite log failed" in caplog.text)
+        folder.mkdir()
+        db = Database(f"sqlite:///{folder}/late.db")
+        _write_pages(db, rows=50)
+        caplog.clear()
+        checkpointer.nudge()
+        # Now there is a file: the same thread checkpoints it (the database file grows).
+        assert _wait_for(lambda: (folder / "late.db").stat().st_size > 50 * 4000)
+        assert "failed" not in caplog.text
+        db.dispose()
+    finally:
+        checkpointer.stop()
