@@ -210,7 +210,7 @@ class Database:
         path = _sqlite_file(url) if self.is_sqlite else None
         self._checkpointer = Checkpointer(path, delay=checkpoint_delay) if path is not None else None
         self._checkpointing = False
-        autocheckpoint = lambda: not self._checkpointing  # noqa: E731 - read when a connection is made
+        autocheckpoint = self._commits_checkpoint
         self.engine = create_db_engine(url, immediate=self.is_sqlite, autocheckpoint=autocheckpoint, **engine_kwargs)
         self.read_engine = (
             create_db_engine(url, autocheckpoint=autocheckpoint, **engine_kwargs) if self.is_sqlite else self.engine
@@ -244,6 +244,10 @@ class Database:
             if self._checkpointing:
                 assert self._checkpointer is not None
                 self._checkpointer.nudge()
+
+    def _commits_checkpoint(self) -> bool:
+        """Whether a connection made now should checkpoint in its commits (read when it connects)."""
+        return not self._checkpointing
 
     def start_checkpointing(self) -> None:
         """Copy the log back on a thread of this process from now on, not in commits (SQLite

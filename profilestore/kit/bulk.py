@@ -46,10 +46,10 @@ def _converted(column: Sequence[Any], process: Callable[[Any], Any]) -> list[Any
     return converted
 
 
-def _needed(processor: Callable[[Any], Any] | None, column_type: Any, dialect: Dialect) -> bool:
-    """Whether a column's bind processor does anything the driver needs: SQLite takes ``bytes``
-    as they are, and wrapping each ciphertext in a ``memoryview`` first is a cost for nothing."""
-    return processor is not None and not (dialect.name == "sqlite" and isinstance(column_type, LargeBinary))
+def _driver_takes_as_is(column_type: Any, dialect: Dialect) -> bool:
+    """SQLite takes ``bytes`` as they are: its binary bind processor only wraps each ciphertext
+    in a ``memoryview`` first, a cost for nothing."""
+    return dialect.name == "sqlite" and isinstance(column_type, LargeBinary)
 
 
 class Bulk:
@@ -69,7 +69,9 @@ class Bulk:
             getter = itemgetter(*names)
             values = getter if len(names) > 1 else lambda row: (getter(row),)
             processed = tuple(
-                (i, p) for i, (p, t) in enumerate(zip(processors, types, strict=True)) if _needed(p, t, dialect) and p
+                (i, p)
+                for i, (p, t) in enumerate(zip(processors, types, strict=True))
+                if p is not None and not _driver_takes_as_is(t, dialect)
             )
             found = _Compiled(compiled.string, compiled.positional, names, values, processed)
             self._compiled[dialect.name] = found
