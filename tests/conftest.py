@@ -57,6 +57,13 @@ def master_key() -> str:
     return encode_master_key(generate_master_key())
 
 
+# How long a grant stays in force in the tests: ten years, not the product's 395 days, because
+# the tests give their consents fixed dates (January 2026, DEFAULT_COLLECTED_AT) and must keep
+# passing as the calendar moves on. Tests of expiry set a short validity of their own, or collect
+# further back than this.
+CONSENT_VALID_DAYS = 3650
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -74,7 +81,13 @@ def template(backend: str, tmp_path_factory: pytest.TempPathFactory, master_key:
         _recreate_pg_database(name)
         _recreate_pg_database(f"{name}_keys")
         urls = {"db": _pg_url(name), "keystore": _pg_url(f"{name}_keys")}
-    settings = Settings(data_dir=folder, database_url=urls["db"], keystore_url=urls["keystore"], master_key=master_key)
+    settings = Settings(
+        data_dir=folder,
+        database_url=urls["db"],
+        keystore_url=urls["keystore"],
+        master_key=master_key,
+        default_consent_valid_days=CONSENT_VALID_DAYS,
+    )
     runtime = Runtime.from_settings(settings)
     runtime.migrate()
     runtime.close()
@@ -109,7 +122,13 @@ def settings(backend: str, template: dict[str, str], tmp_path: Path, master_key:
         db_url, ks_url = template["db"], template["keystore"]
         _wipe_pg(db_url, keep=("alembic_version",))
         _wipe_pg(ks_url, keep=("keystore_alembic_version",))
-    return Settings(data_dir=tmp_path, database_url=db_url, keystore_url=ks_url, master_key=master_key)
+    return Settings(
+        data_dir=tmp_path,
+        database_url=db_url,
+        keystore_url=ks_url,
+        master_key=master_key,
+        default_consent_valid_days=CONSENT_VALID_DAYS,
+    )
 
 
 @pytest.fixture
@@ -177,7 +196,7 @@ def consent_body(
     identifiers = extra.pop("identifiers", {"email": email} if email else {"anonymous_id": "anon-1"})
     if collected_at is None:
         # A fixed day, so that a retried body is the same body and tests can place other decisions
-        # before or after it. Known limit: default grants expire 395 days later (2027-02-13).
+        # before or after it (its grants stay in force: see CONSENT_VALID_DAYS).
         collected_at = DEFAULT_COLLECTED_AT
     body: dict[str, Any] = {
         "identifiers": identifiers,

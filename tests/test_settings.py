@@ -62,6 +62,15 @@ def test_the_embedded_default_keeps_data_and_keys_in_two_files_under_the_data_di
     assert not set(KeystoreBase.metadata.tables) & _tables(data), "data keys must not live beside the data"
 
 
+def test_the_default_purposes_keep_a_grant_13_months_and_data_two_years(embedded: Runtime) -> None:
+    # The product's defaults (README); the other tests run with a longer validity (conftest).
+    from profilestore.purposes import service as purposes
+
+    with embedded.db.read_session() as session:
+        rules = purposes.rules(session)
+    assert {(r.consent_valid_days, r.retention_days) for r in rules.values()} == {(395, 730)}
+
+
 def test_the_embedded_default_generates_a_master_key_readable_by_its_owner_only(
     embedded: Runtime, clean_env: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

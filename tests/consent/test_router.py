@@ -20,7 +20,7 @@ from profilestore.consent import service
 from profilestore.consent.rules import Effective
 from profilestore.purposes import service as purposes
 from profilestore.runtime import Runtime
-from tests.conftest import Keys, consent_body, row_counts
+from tests.conftest import CONSENT_VALID_DAYS, Keys, consent_body, row_counts
 
 GPC_PURPOSES = {
     "third_party_sharing",
@@ -95,7 +95,7 @@ def set_validity(api: TestClient, keys: Keys, purpose: str, days: int) -> None:
 
 
 def test_consent_post_returns_a_receipt_and_reads_back(api: TestClient, keys: Keys) -> None:
-    # Collected recently: the fixture's default date is a fixed day, and grants expire (395 days).
+    # Collected recently, as a form would post it.
     posted = api.post("/v1/consents", headers=keys.header("collector"), json=consent_body(collected_at=ago(hours=1)))
     assert posted.status_code == 201, posted.text
     receipt = posted.json()
@@ -140,8 +140,8 @@ def test_receipt_has_one_record_per_decision_with_its_hash_and_expiry(api: TestC
     assert all(len(r["hash"]) == 64 and int(r["hash"], 16) >= 0 for r in receipt["records"])
     assert all(when(r["collected_at"]) == when(collected) for r in receipt["records"])
     assert all(r["source"] == "signup-form" for r in receipt["records"])
-    # A grant expires after the purpose's consent validity (395 days by default); other decisions never.
-    assert when(records["personalize"]["expires_at"]) == when(collected) + timedelta(days=395)
+    # A grant expires after the purpose's consent validity (the default, here); other decisions never.
+    assert when(records["personalize"]["expires_at"]) == when(collected) + timedelta(days=CONSENT_VALID_DAYS)
     assert records["marketing"]["expires_at"] is None
     assert records["analytics"]["expires_at"] is None
 
@@ -176,7 +176,7 @@ def test_state_reports_since_expiry_and_grant_start(api: TestClient, keys: Keys)
     personalize, marketing = state["personalize"], state["marketing"]
     assert personalize["status"] == "granted"
     assert when(personalize["since"]) == when(collected)
-    assert when(personalize["expires_at"]) == when(collected) + timedelta(days=395)
+    assert when(personalize["expires_at"]) == when(collected) + timedelta(days=CONSENT_VALID_DAYS)
     assert when(personalize["grant_started_at"]) == when(collected)
     assert personalize["record_id"] == receipt["records"][0]["record_id"]
     assert (marketing["status"], marketing["expires_at"], marketing["grant_started_at"]) == ("denied", None, None)

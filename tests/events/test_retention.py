@@ -13,7 +13,7 @@ from profilestore.cli import app as cli
 from profilestore.events import retention
 from profilestore.kit.time import utcnow
 from profilestore.runtime import Runtime
-from tests.conftest import Keys, consent_body
+from tests.conftest import CONSENT_VALID_DAYS, Keys, consent_body
 
 ANON = {"anonymous_id": "visitor-1"}
 
@@ -104,7 +104,7 @@ def test_retention_purges_old_events_and_rebuilds_their_signal_bucket(
         "name": "Search analytics",
         "legal_basis": "consent",
         "retention_days": 2,
-        "consent_valid_days": 395,
+        "consent_valid_days": CONSENT_VALID_DAYS,
         "categories": ["user.behavior.search_history"],
     }
     admin = keys.header("admin")

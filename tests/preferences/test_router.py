@@ -13,7 +13,7 @@ from profilestore.identity import service as identity
 from profilestore.preferences import service as preferences
 from profilestore.preferences.models import Preference
 from profilestore.runtime import Runtime
-from tests.conftest import Keys, row_counts
+from tests.conftest import CONSENT_VALID_DAYS, Keys, row_counts
 from tests.identity.support import keystore_rows, post_consent, post_preferences, pref
 
 ADA = {"email": "ada@example.com"}
@@ -121,8 +121,9 @@ def test_after_withdrawal_of_the_only_grant_new_preferences_are_dropped(
 
 
 def test_an_expired_grant_does_not_allow_collection(api: TestClient, keys: Keys, runtime: Runtime) -> None:
-    # Default validity is 395 days: a grant collected in September 2025 has expired by now.
-    post_consent(api, keys, purposes={"personalize": "granted"}, collected_at="2024-09-01T10:00:00Z")
+    # Collected a month longer ago than grants stay in force.
+    collected = datetime.now(UTC) - timedelta(days=CONSENT_VALID_DAYS + 30)
+    post_consent(api, keys, purposes={"personalize": "granted"}, collected_at=collected.isoformat())
     body = _stored(post_preferences(api, keys, ADA, [pref("colour", "red")]))
     assert (body["stored"], body["dropped_keys"]) == (0, ["colour"])
     assert _rows(runtime) == []

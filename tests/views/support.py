@@ -15,7 +15,7 @@ from profilestore.auth import service as clients
 from profilestore.auth.schemas import ClientIn, Role
 from profilestore.kit.time import utcnow
 from profilestore.runtime import Runtime
-from tests.conftest import Keys, consent_body
+from tests.conftest import CONSENT_VALID_DAYS, Keys, consent_body
 
 ANON = {"anonymous_id": "visitor-1"}
 VIEW_PURPOSE = "personalize.content"
@@ -110,7 +110,7 @@ def set_policy(
     categories: list[str],
     *,
     legal_basis: str = "consent",
-    consent_valid_days: int = 395,
+    consent_valid_days: int = CONSENT_VALID_DAYS,
 ) -> None:
     answer = api.put(
         f"/v1/purposes/{purpose}",
