@@ -90,9 +90,9 @@ class SubjectCipher:
             raise DecryptionError("ciphertext does not belong to this row") from exc
 
 
-_KEYS = select(DataKey.key_id, DataKey.subject_id, DataKey.is_primary, DataKey.master_key_id, DataKey.wrapped_key)
-_KEYS_OF = _KEYS.where(DataKey.subject_id.in_(bindparam("subjects", expanding=True)))
-_KEYS_OF_ONE = _KEYS.where(DataKey.subject_id == bindparam("subject"))
+_KEYS_OF = select(
+    DataKey.key_id, DataKey.subject_id, DataKey.is_primary, DataKey.master_key_id, DataKey.wrapped_key
+).where(DataKey.subject_id.in_(bindparam("subjects", expanding=True)))
 
 
 def _insert_ignore(session: Session, table: type[KeystoreMeta], values: dict[str, object]) -> None:
@@ -204,10 +204,7 @@ class Vault:
         # A plain connection, not a session: every view and batch comes here, and the key store is
         # read, never cached, so that a shredded key is gone for every process at once.
         with self.keystore.single_read() as connection:
-            if len(owner) == 1:  # a view's case
-                rows = fetch(connection, _KEYS_OF_ONE, {"subject": next(iter(owner))})
-            else:
-                rows = fetch(connection, _KEYS_OF, {"subjects": sorted(owner)})
+            rows = fetch(connection, _KEYS_OF, {"subjects": sorted(owner)})
         for key_id, subject_id, is_primary, master_key_id, wrapped_key in rows:
             sid = owner[subject_id]
             keys[sid][key_id] = self.keyring.unwrap(master_key_id, key_id.encode(), wrapped_key)

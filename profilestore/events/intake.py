@@ -97,10 +97,11 @@ def _stage(
     *,
     client_id: str,
     now: datetime,
+    generation: int | None = None,
 ) -> Plan:
     dialect = session.get_bind().dialect
     staged = events.stage(vault, settings, batch, admission, client_id=client_id, now=now, dialect=dialect)
-    return Plan(known, admission, staged)
+    return Plan(known, admission, staged, generation)
 
 
 def plan(
@@ -120,8 +121,9 @@ def plan(
     known, admission = _look(session, batch, now)
     if _needs_linking(known, admission):
         return Plan(known, admission, None, generation)
-    staged = _stage(session, vault, settings, batch, known, admission, client_id=client_id, now=now)
-    return replace(staged, generation=generation)
+    return _stage(
+        session, vault, settings, batch, known, admission, client_id=client_id, now=now, generation=generation
+    )
 
 
 def ingest(

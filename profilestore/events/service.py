@@ -170,7 +170,7 @@ class Staged:
     receipts: list[dict[str, Any]]  # in message-id order (two writers on PostgreSQL meet them in one order)
     # message id → (subject, category, epoch, evidence): to count again after dropping repeats
     evidence: dict[str, tuple[str, str, datetime, signal_evidence.Evidence]]
-    signals: signals.SignalWriter
+    sealed_values: dict[tuple[str, str, bytes], bytes]  # the signal values sealed (SignalWriter.sealed)
     signal_rows: list[dict[str, Any]]
     ciphers: dict[str, SubjectCipher]
     # The rows as the driver's parameters for ``dialect``, converted before the transaction.
@@ -234,7 +234,7 @@ def stage(
         report,
         receipts,
         evidence,
-        writer,
+        writer.sealed,
         signal_rows,
         ciphers,
         dialect,
@@ -253,7 +253,7 @@ def write(session: Session, settings: Settings, staged: Staged, *, now: datetime
     event_params = [params for message_id, params in staged.event_params.items() if message_id in claimed]
     signal_rows, signal_params = staged.signal_rows, staged.signal_params
     if len(event_params) < len(staged.event_params):  # repeats of earlier batches: not counted again
-        writer = signals.SignalWriter(settings.signals, now, sealed=staged.signals.sealed)
+        writer = signals.SignalWriter(settings.signals, now, sealed=staged.sealed_values)
         for message_id in claimed:
             writer.add(*staged.evidence[message_id])
         signal_rows = writer.rows(staged.ciphers)

@@ -209,21 +209,12 @@ _RULES = select(
     Purpose.key, Purpose.legal_basis, Purpose.retention_days, Purpose.consent_valid_days, PurposeCategory.category
 ).outerjoin(PurposeCategory, PurposeCategory.purpose == Purpose.key)
 _RULES_OF = _RULES.where(Purpose.key.in_(bindparam("keys", expanding=True)))
-_RULE_OF = _RULES.where(Purpose.key == bindparam("key"))  # every view asks for one
 
 
 def rules(session: Session, keys: Iterable[str] | None = None) -> dict[str, PurposeRule]:
     """The rules of the given purposes (all purposes when None), read fresh from the database in
     one query: every view and every event batch asks, so it must stay cheap."""
-    if keys is None:
-        result = rows(session, _RULES)
-    else:
-        wanted = sorted(set(keys))
-        result = (
-            rows(session, _RULE_OF, {"key": wanted[0]})
-            if len(wanted) == 1
-            else rows(session, _RULES_OF, {"keys": wanted})
-        )
+    result = rows(session, _RULES) if keys is None else rows(session, _RULES_OF, {"keys": sorted(set(keys))})
     found: dict[str, tuple[str, int, int, set[str]]] = {}
     for key, basis, retention, valid, category in result:
         entry = found.setdefault(key, (basis, retention, valid, set()))

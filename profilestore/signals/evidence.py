@@ -87,11 +87,6 @@ class Extractor:
         return found
 
 
-def extract(properties: Mapping[str, Any], settings: SignalSettings) -> list[tuple[str, str]]:
-    """(dimension, value) pairs an event's properties speak to, by the configured mapping."""
-    return Extractor(settings)(properties)
-
-
 def value_index(vault: Vault, dimension: str, value: str) -> bytes:
     return vault.blind_index(f"signal:{dimension}", value)
 

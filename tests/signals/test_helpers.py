@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from profilestore.config import SignalSettings
-from profilestore.signals.evidence import MAX_VALUE_LENGTH, decay, extract, normalise_value, price_band
+from profilestore.signals.evidence import MAX_VALUE_LENGTH, Extractor, decay, normalise_value, price_band
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 BANDS = [25.0, 50.0, 100.0, 250.0]
@@ -109,30 +109,34 @@ def test_price_band_uses_the_configured_bands() -> None:
 DEFAULTS = SignalSettings()
 
 
+def extract(properties: dict[str, Any], settings: SignalSettings = DEFAULTS) -> list[tuple[str, str]]:
+    return Extractor(settings)(properties)
+
+
 def test_extract_reads_every_configured_dimension() -> None:
-    found = extract({"category": "Shoes", "brand": " ACME ", "channel": "Web", "price": 42, "sku": "X1"}, DEFAULTS)
+    found = extract({"category": "Shoes", "brand": " ACME ", "channel": "Web", "price": 42, "sku": "X1"})
     assert sorted(found) == [("brand", "acme"), ("category", "shoes"), ("channel", "web"), ("price_band", "25-50")]
 
 
 def test_extract_reaches_into_nested_objects() -> None:
-    found = extract({"product": {"category": "Hats", "brand": "Acme", "price": 120}}, DEFAULTS)
+    found = extract({"product": {"category": "Hats", "brand": "Acme", "price": 120}})
     assert sorted(found) == [("brand", "acme"), ("category", "hats"), ("price_band", "100-250")]
 
 
 def test_extract_takes_the_first_configured_path_that_is_present() -> None:
-    found = extract({"category": "Shoes", "product": {"category": "Hats"}, "price": 10, "value": 500}, DEFAULTS)
+    found = extract({"category": "Shoes", "product": {"category": "Hats"}, "price": 10, "value": 500})
     assert sorted(found) == [("category", "shoes"), ("price_band", "0-25")]
 
 
 def test_extract_spreads_a_list_into_distinct_normalised_values() -> None:
-    found = extract({"categories": ["Shoes", " shoes", "Hats", None, {"x": 1}]}, DEFAULTS)
+    found = extract({"categories": ["Shoes", " shoes", "Hats", None, {"x": 1}]})
     assert sorted(found) == [("category", "hats"), ("category", "shoes")]
 
 
 def test_extract_finds_nothing_in_unmapped_or_unusable_properties() -> None:
-    assert extract({}, DEFAULTS) == []
-    assert extract({"sku": "X1", "colour": "red"}, DEFAULTS) == []
-    assert extract({"brand": "   ", "price": "expensive", "channel": True}, DEFAULTS) == []
+    assert extract({}) == []
+    assert extract({"sku": "X1", "colour": "red"}) == []
+    assert extract({"brand": "   ", "price": "expensive", "channel": True}) == []
 
 
 def test_extract_follows_a_custom_mapping() -> None:
