@@ -75,7 +75,7 @@ from profilestore.runtime import Runtime  # noqa: E402
 BASELINE = "bare Core insert"
 SERIAL = "bare Core, 1 writer"
 CONSENT_PURPOSE = "personalize"
-TABLES = ("subjects", "consent_state", "events", "event_receipts", "signals")
+TABLES = ("subjects", "consent_state", "events", "signals")
 TARGET_EVENTS_PER_S = 20_000  # on SQLite, on the 2-core bench machine
 TARGET_RATIO = 0.5
 

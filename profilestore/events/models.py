@@ -1,10 +1,10 @@
-"""Behavioural events and the receipts that make ingest idempotent."""
+"""Behavioural events, unique per subject, client and message id: what makes ingest idempotent."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Integer, LargeBinary, String
+from sqlalchemy import JSON, BigInteger, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from profilestore.db import Base
@@ -13,9 +13,16 @@ from profilestore.db import Base
 class Event(Base):
     """One stored event. Keyed by subject (distributable) and occurrence time (partitionable);
     ``epoch`` is the subject's latest grant epoch when it was collected (see ConsentState) and
-    ``purposes`` the purposes in force whose policy allowed it then."""
+    ``purposes`` the purposes in force whose policy allowed it then.
+
+    A repeated message id from the same client, for the same subject, is a duplicate: the unique
+    index below refuses it. It leads with the subject, so that a batch's new entries land next to
+    each other (a batch holds a few hundred people), not at a random place per event as a key of
+    client and message id alone would: that wrote about a page per event
+    (docs/decisions/0006-hot-paths.md)."""
 
     __tablename__ = "events"
+    __table_args__ = (Index("uq_events_message", "subject_id", "client_id", "message_id", unique=True),)
 
     subject_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     occurred_at: Mapped[datetime] = mapped_column(primary_key=True)
@@ -28,18 +35,6 @@ class Event(Base):
     epoch: Mapped[datetime]
     purposes: Mapped[list[str]] = mapped_column(JSON)
     properties_ct: Mapped[bytes] = mapped_column(LargeBinary)
-
-
-class EventReceipt(Base):
-    """A stored event's message id, per client: a repeat is a duplicate and is not stored again."""
-
-    __tablename__ = "event_receipts"
-
-    client_id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    message_id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    subject_id: Mapped[str] = mapped_column(String(40))
-    event_id: Mapped[str] = mapped_column(String(40))
-    received_at: Mapped[datetime]
 
 
 class GateGeneration(Base):

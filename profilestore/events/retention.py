@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from profilestore.config import Settings
 from profilestore.consent import service as consent
 from profilestore.crypto.service import Vault
-from profilestore.events.models import Event, EventReceipt
+from profilestore.events.models import Event
 from profilestore.events.service import rebuild_signals
 from profilestore.purposes import service as purposes
 from profilestore.signals import service as signals
@@ -78,11 +78,6 @@ def purge_subject(session: Session, vault: Vault, settings: Settings, subject_id
     for chunk in range(0, len(keys), 500):
         part = keys[chunk : chunk + 500]
         session.execute(delete(Event).where(tuple_(Event.subject_id, Event.occurred_at, Event.event_id).in_(part)))
-    session.execute(
-        delete(EventReceipt).where(
-            EventReceipt.subject_id == subject_id, EventReceipt.event_id.in_([e.event_id for e in doomed])
-        )
-    )
     buckets = {(e.category, e.epoch) for e in doomed}
     report.signal_buckets_rebuilt = rebuild_signals(session, vault, settings, subject_id, now, buckets)
     return report

@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
-from operator import itemgetter
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, bindparam, insert, select, tuple_
+from sqlalchemy import Select, Table, bindparam, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
@@ -28,7 +27,7 @@ from profilestore import metrics
 from profilestore.config import Settings
 from profilestore.consent import service as consent
 from profilestore.crypto.service import DecryptionError, SubjectCipher, Vault
-from profilestore.events.models import Event, EventReceipt
+from profilestore.events.models import Event
 from profilestore.kit.bulk import Bulk
 from profilestore.kit.errors import InvalidInput, PayloadTooLarge
 from profilestore.kit.ids import new_ids
@@ -140,7 +139,7 @@ def admit(
     report = IngestReport()
     gates = consent.collection_gates(session, sorted({s[0] for s in subjects if s}), now)
     admitted: list[tuple[int, str, list[str]]] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for index, (event, subject) in enumerate(zip(events, subjects, strict=True)):
         if subject is None:
             report.dropped["no_consent"] += 1
@@ -153,10 +152,10 @@ def admit(
         if not allowed:
             report.dropped["no_consent"] += 1
             continue
-        if event.message_id in seen:
+        if (subject_id, event.message_id) in seen:
             report.duplicates += 1
             continue
-        seen.add(event.message_id)
+        seen.add((subject_id, event.message_id))
         admitted.append((index, subject_id, allowed))
     return Admission(report, admitted, gates)
 
@@ -167,16 +166,18 @@ class Staged:
     which message ids are new (``write``)."""
 
     report: IngestReport  # the gate's drops and in-batch repeats
-    receipts: list[dict[str, Any]]  # in message-id order (two writers on PostgreSQL meet them in one order)
-    # message id → (subject, category, epoch, evidence): to count again after dropping repeats
-    evidence: dict[str, tuple[str, str, datetime, signal_evidence.Evidence]]
+    # (subject, message id) → the event id made for it, in that order: the order of the unique
+    # index, in which two writers of the same messages on PostgreSQL meet them
+    event_ids: dict[tuple[str, str], str]
+    # (subject, message id) → (subject, category, epoch, evidence): to count again after repeats
+    evidence: dict[tuple[str, str], tuple[str, str, datetime, signal_evidence.Evidence]]
     sealed_values: dict[tuple[str, str, bytes], bytes]  # the signal values sealed (SignalWriter.sealed)
     signal_rows: list[dict[str, Any]]
     ciphers: dict[str, SubjectCipher]
     # The rows as the driver's parameters for ``dialect``, converted before the transaction.
     dialect: Dialect
-    receipt_params: list[Any]
-    event_params: dict[str, Any]  # message id → the event row's parameters
+    client_id: str
+    event_params: list[Any]  # the event rows' parameters, in ``event_ids`` order
     signal_params: list[Any]
 
 
@@ -194,25 +195,16 @@ def stage(
     only the key store."""
     subjects = {sid for _, sid, _ in admission.admitted}
     ciphers = vault.ciphers({sid: () for sid in subjects}) if subjects else {}
-    receipts: list[dict[str, Any]] = []
-    rows: dict[str, dict[str, Any]] = {}
-    evidence: dict[str, tuple[str, str, datetime, signal_evidence.Evidence]] = {}
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    evidence: dict[tuple[str, str], tuple[str, str, datetime, signal_evidence.Evidence]] = {}
     writer = signals.SignalWriter(settings.signals, now)
     for (index, subject_id, allowed), event_id in zip(
         admission.admitted, new_ids("evt", len(admission.admitted)), strict=True
     ):
         event = batch.events[index]
         epoch = admission.gates[subject_id].epoch
-        receipts.append(
-            {
-                "client_id": client_id,
-                "message_id": event.message_id,
-                "subject_id": subject_id,
-                "event_id": event_id,
-                "received_at": now,
-            }
-        )
-        rows[event.message_id] = {
+        key = (subject_id, event.message_id)
+        rows[key] = {
             "subject_id": subject_id,
             "occurred_at": event.occurred_at,
             "event_id": event_id,
@@ -225,43 +217,42 @@ def stage(
             "purposes": allowed,
             "properties_ct": _seal(ciphers[subject_id], event_id, batch.payloads[index]),
         }
-        evidence[event.message_id] = (subject_id, event.category, epoch, batch.evidence[index])
+        evidence[key] = (subject_id, event.category, epoch, batch.evidence[index])
         writer.add(subject_id, event.category, epoch, batch.evidence[index])
-    receipts.sort(key=itemgetter("message_id"))
+    ordered = sorted(rows)
     report = IngestReport(0, admission.report.duplicates, Counter(admission.report.dropped))
     signal_rows = writer.rows(ciphers)
     return Staged(
         report,
-        receipts,
+        {key: rows[key]["event_id"] for key in ordered},
         evidence,
         writer.sealed,
         signal_rows,
         ciphers,
         dialect,
-        _CLAIM.params(dialect, receipts),
-        dict(zip(rows, _INSERT_EVENTS.params(dialect, list(rows.values())), strict=True)),
+        client_id,
+        _INSERT_EVENTS.params(dialect, [rows[key] for key in ordered]),
         signals.write_params(dialect, settings.signals, signal_rows),
     )
 
 
 def write(session: Session, settings: Settings, staged: Staged, *, now: datetime) -> IngestReport:
-    """Store the staged events whose message ids are new from this client, and their signals."""
+    """Store the staged events whose message ids are new from this client for their subjects,
+    and their signals."""
     if session.get_bind().dialect.name != staged.dialect.name:  # staged for another database
         raise ValueError("a batch staged for one database cannot be written to another")
     report = staged.report
-    claimed = _claim(session, staged)
-    event_params = [params for message_id, params in staged.event_params.items() if message_id in claimed]
+    stored = _store_new(session, staged)
     signal_rows, signal_params = staged.signal_rows, staged.signal_params
-    if len(event_params) < len(staged.event_params):  # repeats of earlier batches: not counted again
+    if len(stored) < len(staged.event_ids):  # repeats of earlier batches: not counted again
         writer = signals.SignalWriter(settings.signals, now, sealed=staged.sealed_values)
-        for message_id in claimed:
-            writer.add(*staged.evidence[message_id])
+        for key in stored:
+            writer.add(*staged.evidence[key])
         signal_rows = writer.rows(staged.ciphers)
         signal_params = signals.write_params(staged.dialect, settings.signals, signal_rows)
-    _INSERT_EVENTS.execute_params(session, event_params)
     signals.write(session, settings.signals, signal_rows, signal_params)
-    report.duplicates += len(staged.event_params) - len(event_params)
-    report.accepted = len(event_params)
+    report.duplicates += len(staged.event_ids) - len(stored)
+    report.accepted = len(stored)
     _count(report)
     return report
 
@@ -280,30 +271,35 @@ def decrypt_properties(cipher: SubjectCipher, event_id: str, blob: bytes) -> dic
     return value
 
 
-_INSERT_EVENTS = Bulk(lambda _: insert(cast(Table, Event.__table__)))
-_RECEIPTS = cast(Table, EventReceipt.__table__)
-_CLAIM = Bulk(
-    lambda dialect: (pg_insert if dialect == "postgresql" else sqlite_insert)(_RECEIPTS).on_conflict_do_nothing()
+_EVENTS = cast(Table, Event.__table__)
+# A repeat of a stored (subject, client, message id) meets the unique index and is skipped.
+_INSERT_EVENTS = Bulk(
+    lambda dialect: (pg_insert if dialect == "postgresql" else sqlite_insert)(_EVENTS).on_conflict_do_nothing()
 )
-_CLAIMED_BY = select(_RECEIPTS.c.message_id, _RECEIPTS.c.event_id).where(
-    _RECEIPTS.c.client_id == bindparam("client_id"),
-    _RECEIPTS.c.message_id.in_(bindparam("message_ids", expanding=True)),
+_STORED_AMONG = select(_EVENTS.c.event_id).where(
+    _EVENTS.c.subject_id.in_(bindparam("subject_ids", expanding=True)),
+    _EVENTS.c.client_id == bindparam("client_id"),
+    _EVENTS.c.message_id.in_(bindparam("message_ids", expanding=True)),
 )
 
 
-def _claim(session: Session, staged: Staged) -> set[str]:
-    """Record the staged receipts; returns the message ids that were new from this client (a
-    concurrent sender of the same id waits for the other transaction, then finds it taken)."""
-    receipts = staged.receipts
-    if not receipts:
-        return set()
-    written = _CLAIM.execute_params(session, staged.receipt_params)
-    if written == len(receipts):  # the usual case: no repeats, nothing more to ask
-        return {r["message_id"] for r in receipts}
-    # Some were there already: a receipt is ours if it holds the event id this batch made.
-    ours = {r["message_id"]: r["event_id"] for r in receipts}
-    params = {"client_id": receipts[0]["client_id"], "message_ids": list(ours)}
-    return {m for m, event_id in rows(session, _CLAIMED_BY, params) if ours[m] == event_id}
+def _store_new(session: Session, staged: Staged) -> list[tuple[str, str]]:
+    """Insert the staged events; returns the (subject, message id) of those stored, not repeats
+    of ones stored before (a concurrent writer of the same message on PostgreSQL waits for the
+    other transaction, then finds it taken)."""
+    if not staged.event_ids:
+        return []
+    written = _INSERT_EVENTS.execute_params(session, staged.event_params)
+    if written == len(staged.event_ids):  # the usual case: no repeats, nothing more to ask
+        return list(staged.event_ids)
+    # Some were there already: an event is ours if it holds the event id this batch made.
+    ours = {event_id: key for key, event_id in staged.event_ids.items()}
+    params = {
+        "subject_ids": sorted({subject_id for subject_id, _ in staged.event_ids}),
+        "client_id": staged.client_id,
+        "message_ids": sorted({message_id for _, message_id in staged.event_ids}),
+    }
+    return [ours[event_id] for (event_id,) in rows(session, _STORED_AMONG, params) if event_id in ours]
 
 
 def rebuild_signals(
@@ -354,13 +350,22 @@ def _count(report: IngestReport) -> None:
         metrics.EVENTS.labels("dropped", reason).inc(n)
 
 
-def absorb(session: Session, source: SubjectCipher, target: SubjectCipher) -> None:
-    """Merge: the merged subject's events move to the survivor, re-encrypted under its key."""
-    move_subject_rows(session, Event, source, target, table=TABLE, column="properties_ct", row_key=lambda e: e.event_id)
-    receipts = session.scalars(select(EventReceipt).where(EventReceipt.subject_id == source.subject_id)).all()
-    for receipt in receipts:
-        receipt.subject_id = target.subject_id
+def absorb(session: Session, source: SubjectCipher, target: SubjectCipher) -> set[tuple[str, datetime]]:
+    """Merge: the merged subject's events move to the survivor, re-encrypted under its key.
+
+    A message the survivor already holds from the same client was stored for both people: the
+    survivor's copy stays. Returns the (category, epoch) buckets of the copies dropped, whose
+    signals the survivor must count again from its events (``rebuild_signals``), since the merged
+    subject's signals, which counted them, are added to the survivor's."""
+    held = select(Event.client_id, Event.message_id).where(Event.subject_id == target.subject_id)
+    repeats = session.scalars(
+        select(Event).where(Event.subject_id == source.subject_id, tuple_(Event.client_id, Event.message_id).in_(held))
+    ).all()
+    for event in repeats:
+        session.delete(event)
     session.flush()
+    move_subject_rows(session, Event, source, target, table=TABLE, column="properties_ct", row_key=lambda e: e.event_id)
+    return {(event.category, event.epoch) for event in repeats}
 
 
 @lru_cache(maxsize=256)

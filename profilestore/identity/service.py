@@ -289,8 +289,10 @@ def _merge(
         row.value_ct = target.encrypt(TABLE, "value", key, source.decrypt(TABLE, "value", key, row.value_ct))
         row.subject_id = survivor
     preferences.absorb(session, source, target)
-    events.absorb(session, source, target)
+    repeated = events.absorb(session, source, target)
     signals.absorb(session, source, target, settings.signals, now)
+    if repeated:  # messages both held: counted once, from the survivor's events
+        events.rebuild_signals(session, vault, settings, survivor, now, repeated)
 
     # Flatten: everything once merged into the loser now belongs to the survivor.
     session.execute(update(SubjectMerge).where(SubjectMerge.merged_into == loser).values(merged_into=survivor))

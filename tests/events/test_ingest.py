@@ -288,6 +288,40 @@ def test_a_message_id_repeated_inside_one_batch_is_stored_once(api: TestClient, 
     assert signal.evidence == 1
 
 
+def test_the_same_message_id_for_another_person_is_another_event(api: TestClient, keys: Keys, runtime: Runtime) -> None:
+    """A repeat is the same message from the same client for the same person: a client that reuses
+    message ids across people loses nobody's events (and a batch's repeats are found per person,
+    beside each other in the unique index)."""
+    ada = grant(api, keys, ADA)
+    visitor = grant(api, keys, ANON)
+    assert ingest(api, keys, [event(ADA, "m-1")]) == {"accepted": 1, "duplicates": 0, "dropped": {}}
+
+    answer = ingest(api, keys, [event(ANON, "m-1"), event(ANON, "m-1"), event(ADA, "m-1")])
+
+    assert answer == {"accepted": 1, "duplicates": 2, "dropped": {}}
+    assert sorted(e.subject_id for e in stored_events(runtime)) == sorted([ada, visitor])
+
+
+def test_a_merge_of_two_people_holding_the_same_message_keeps_one_and_counts_it_once(
+    api: TestClient, keys: Keys, runtime: Runtime
+) -> None:
+    now = datetime.now(UTC)
+    grant(api, keys, ADA, at=now - timedelta(hours=2))
+    grant(api, keys, ANON, at=now - timedelta(hours=1))
+    ingest(api, keys, [event(ADA, "shared"), event(ANON, "shared"), event(ANON, "own")])
+    assert len(stored_events(runtime)) == 3
+
+    answer = ingest(api, keys, [event({**ADA, **ANON}, "merging")])
+
+    assert answer == {"accepted": 1, "duplicates": 0, "dropped": {}}
+    stored = stored_events(runtime)
+    assert sorted(e.message_id for e in stored) == ["merging", "own", "shared"]
+    assert len({e.subject_id for e in stored}) == 1
+    # The category "shoes", in each person's grant epoch: one piece of evidence per stored event,
+    # none for the dropped copy.
+    assert sum(s.evidence for s in stored_signals(runtime)) == 3
+
+
 def test_the_same_message_id_from_another_collector_is_another_event(
     api: TestClient, keys: Keys, runtime: Runtime
 ) -> None:

@@ -62,7 +62,7 @@ def test_an_unchanged_plan_is_written_as_planned(api: TestClient, keys: Keys, ru
     report = _ingest(runtime, client_id, batch, planned)
 
     assert report.accepted == 3
-    assert {e.event_id for e in stored_events(runtime)} == {r["event_id"] for r in planned.staged.receipts}
+    assert {e.event_id for e in stored_events(runtime)} == set(planned.staged.event_ids.values())
 
 
 def test_a_withdrawal_between_plan_and_write_drops_the_planned_events(
@@ -88,7 +88,7 @@ def test_a_grant_between_plan_and_write_admits_what_the_plan_dropped(
     client_id = _collector_id(api, keys)
     batch = _batch(runtime, ADA)
     planned = _plan(runtime, client_id, batch)
-    assert planned.staged is not None and planned.staged.event_params == {}
+    assert planned.staged is not None and planned.staged.event_ids == {}
 
     grant(api, keys, ADA)
     report = _ingest(runtime, client_id, batch, planned)

@@ -73,7 +73,6 @@ def test_withdrawal_purges_events_and_their_signals(api: TestClient, keys: Keys,
 
     assert report.deleted == {"withdrawn_or_expired": 3}
     assert _count(runtime, "SELECT COUNT(*) FROM events") == 0
-    assert _count(runtime, "SELECT COUNT(*) FROM event_receipts") == 0
     assert _count(runtime, "SELECT COUNT(*) FROM signals") == 0
 
 
