@@ -17,7 +17,8 @@ encrypted rows.
    the subject's key) inserted with ``insert(Event.__table__)`` executemany, one transaction and one
    commit per batch, into a fresh migrated database of the same kind, with the same number of
    writers (and from one writer too), in this process. No HTTP, no validation, no identity
-   lookups, no consent gate, no dedupe receipts, no signals: the floor the ingest path stands on.
+   lookups, no consent gate, no conflict check (the table's unique index on subject, client and
+   message id is kept up all the same), no signals: the floor the ingest path stands on.
 
 Run: ``.venv/bin/python bench/events_bench.py --help``.
 """
