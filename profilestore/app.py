@@ -17,7 +17,7 @@ from profilestore.events.segment_router import SINGLE_CALLS
 from profilestore.events.segment_router import router as segment_router
 from profilestore.identity.router import router as subjects_router
 from profilestore.kit import memory
-from profilestore.kit.http import RequestContextMiddleware, install_error_handlers
+from profilestore.kit.http import BatchSpreadMiddleware, RequestContextMiddleware, install_error_handlers
 from profilestore.preferences.router import router as preferences_router
 from profilestore.purposes.router import router as purposes_router
 from profilestore.runtime import Runtime
@@ -66,6 +66,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     ):
         app.include_router(router)
     settings = runtime.settings
+    app.add_middleware(
+        BatchSpreadMiddleware,
+        paths=frozenset({"/v1/events", "/v1/batch"}),
+        per_process=settings.events.batches_in_flight_per_process,
+    )
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_body_bytes,

@@ -94,6 +94,41 @@ class RequestContextMiddleware:
         await response({"type": "http"}, _empty_receive, send)
 
 
+class BatchSpreadMiddleware:
+    """Spreads event batches over the serving processes of ``profilestore serve --workers N``.
+
+    A keep-alive connection stays with the process that accepted it, and a process accepts every
+    connection waiting when it wakes: a few senders that connect at once often all land on one
+    process, which then works on every batch on one core while the others idle (runs of the
+    event bench halved). A batch is CPU work for a whole core, so a process gains nothing from
+    more than ``per_process`` of them at once. When it has more in flight, it answers with
+    ``Connection: close``; the sender reconnects, and the next process to accept is most likely
+    one with a core to spare. Below the limit nothing changes. Other routes are left alone: a view
+    is too short for a reconnect to pay."""
+
+    def __init__(self, app: ASGIApp, paths: frozenset[str], per_process: int) -> None:
+        self.app = app
+        self.paths = paths
+        self.per_process = per_process
+        self.in_flight = 0  # this process's batches: one event loop, so no lock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_spread(message: Message) -> None:
+            if message["type"] == "http.response.start" and self.in_flight > self.per_process:
+                message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
+            await send(message)
+
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send_spread)
+        finally:
+            self.in_flight -= 1
+
+
 class _BodyTooLarge(StarletteHTTPException):
     """Raised while a handler reads the body. An HTTPException, because FastAPI turns anything
     else raised during body parsing into a 400."""

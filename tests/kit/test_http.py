@@ -11,8 +11,10 @@ import anyio
 from fastapi.testclient import TestClient
 
 from profilestore.app import create_app
+from profilestore.kit.http import BatchSpreadMiddleware
 from profilestore.runtime import Runtime
 from tests.conftest import Keys, consent_body, row_counts
+from tests.events.support import event, grant
 
 EMAIL = "ada.lovelace@example.com"
 
@@ -219,3 +221,71 @@ def test_a_client_creation_error_never_echoes_the_submitted_value(api: TestClien
     assert answer.status_code == 422
     assert answer.json()["error"]["field"] == "role"
     assert EMAIL not in answer.text
+
+
+# -- spreading event batches over serving processes ---------------------------------------------------
+
+
+def _hold_requests(path: str, count: int, per_process: int) -> list[bool]:
+    """``count`` requests to ``path`` in flight at once through ``BatchSpreadMiddleware``, answered
+    one at a time; whether each answer asked the sender to reconnect, in answer order."""
+    release = [anyio.Event() for _ in range(count)]
+    started = 0
+    closes: list[bool] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal started
+        mine = started
+        started += 1
+        await release[mine].wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    spread = BatchSpreadMiddleware(app, frozenset({"/v1/events", "/v1/batch"}), per_process)
+
+    async def one() -> None:
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                closes.append((b"connection", b"close") in message["headers"])
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        await spread({"type": "http", "path": path, "headers": []}, receive, send)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tasks:
+            for _ in range(count):
+                tasks.start_soon(one)
+            while started < count:
+                await anyio.sleep(0)
+            for event in release:
+                event.set()
+                while len(closes) < release.index(event) + 1:
+                    await anyio.sleep(0)
+
+    anyio.run(main)
+    return closes
+
+
+def test_a_process_over_its_share_of_batches_asks_a_sender_to_reconnect() -> None:
+    # Four in flight with room for two: the first two answers (4, then 3 in flight) close their
+    # connection; the last two (2, then 1) keep theirs.
+    assert _hold_requests("/v1/events", 4, per_process=2) == [True, True, False, False]
+    assert _hold_requests("/v1/batch", 3, per_process=2) == [True, False, False]
+
+
+def test_batches_within_the_share_and_other_routes_keep_their_connections() -> None:
+    assert _hold_requests("/v1/events", 2, per_process=2) == [False, False]
+    assert _hold_requests("/v1/subjects/x/view", 5, per_process=2) == [False] * 5
+
+
+def test_a_batch_answered_alone_keeps_its_connection(api: TestClient, keys: Keys) -> None:
+    grant(api, keys, {"email": "ada@example.com"})
+    answer = api.post(
+        "/v1/events",
+        headers={"Authorization": f"Bearer {keys.collector}"},
+        json={"events": [event({"email": "ada@example.com"}, "m-1")]},
+    )
+    assert answer.status_code == 200 and answer.json()["accepted"] == 1
+    assert "close" not in answer.headers.get("connection", "")
