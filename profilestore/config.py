@@ -46,9 +46,10 @@ class EventSettings(BaseModel):
         }
     )
     fallback_category: str = "user.behavior"
-    # Batches a serving process works on at once before it asks senders to reconnect (see
-    # kit/http.py, BatchSpreadMiddleware): one batch writes while another is worked out; a third
-    # only waits for the same core.
+    # Batches a serving process works on at once; more wait their turn, and their senders are
+    # asked to reconnect, most likely to a process with a core to spare (kit/http.py,
+    # BatchSpreadMiddleware). One batch writes while another is worked out; a third would only
+    # compete for the same core.
     batches_in_flight_per_process: int = Field(default=2, ge=1)
 
 

@@ -12,6 +12,7 @@ import time
 import uuid
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -95,14 +96,19 @@ class RequestContextMiddleware:
 
 
 class BatchSpreadMiddleware:
-    """Spreads event batches over the serving processes of ``profilestore serve --workers N``.
+    """Spreads event batches over the serving processes of ``profilestore serve --workers N``, and
+    works on at most ``per_process`` of them at once in each.
+
+    A batch is CPU work for a whole core, and a process runs Python on one: beyond two batches
+    at once (one writes while the other is worked out), more only fight over that core, each
+    taking longer. So a process starts at most ``per_process`` batches; the others wait their turn
+    without working.
 
     A keep-alive connection stays with the process that accepted it, and a process accepts every
     connection waiting when it wakes: a few senders that connect at once often all land on one
-    process, which then works on every batch on one core while the others idle (runs of the
-    event bench halved). A batch is CPU work for a whole core, so a process gains nothing from
-    more than ``per_process`` of them at once. When it has more in flight, it answers with
-    ``Connection: close``; the sender reconnects, and the next process to accept is most likely
+    process, which then works on every batch while the others idle (runs of the event bench
+    halved). So when a process holds more batches than ``per_process``, its answer carries
+    ``Connection: close``: the sender reconnects, and the next process to accept is most likely
     one with a core to spare. Below the limit nothing changes. Other routes are left alone: a view
     is too short for a reconnect to pay."""
 
@@ -111,6 +117,7 @@ class BatchSpreadMiddleware:
         self.paths = paths
         self.per_process = per_process
         self.in_flight = 0  # this process's batches: one event loop, so no lock
+        self.turns: anyio.Semaphore | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in self.paths:
@@ -124,7 +131,10 @@ class BatchSpreadMiddleware:
 
         self.in_flight += 1
         try:
-            await self.app(scope, receive, send_spread)
+            if self.turns is None:
+                self.turns = anyio.Semaphore(self.per_process)
+            async with self.turns:
+                await self.app(scope, receive, send_spread)
         finally:
             self.in_flight -= 1
 

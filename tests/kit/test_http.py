@@ -226,18 +226,23 @@ def test_a_client_creation_error_never_echoes_the_submitted_value(api: TestClien
 # -- spreading event batches over serving processes ---------------------------------------------------
 
 
-def _hold_requests(path: str, count: int, per_process: int) -> list[bool]:
-    """``count`` requests to ``path`` in flight at once through ``BatchSpreadMiddleware``, answered
-    one at a time; whether each answer asked the sender to reconnect, in answer order."""
+def _hold_requests(path: str, count: int, per_process: int) -> tuple[list[bool], int]:
+    """``count`` requests to ``path`` sent at once through ``BatchSpreadMiddleware``, each answered
+    once the app has it and the one before it is answered. Returns whether each answer asked the
+    sender to reconnect (in answer order), and the most the app held at once."""
     release = [anyio.Event() for _ in range(count)]
-    started = 0
+    entered = 0
+    inside = most_inside = 0
     closes: list[bool] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        nonlocal started
-        mine = started
-        started += 1
+        nonlocal entered, inside, most_inside
+        mine = entered
+        entered += 1
+        inside += 1
+        most_inside = max(most_inside, inside)
         await release[mine].wait()
+        inside -= 1
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
@@ -257,27 +262,28 @@ def _hold_requests(path: str, count: int, per_process: int) -> list[bool]:
         async with anyio.create_task_group() as tasks:
             for _ in range(count):
                 tasks.start_soon(one)
-            while started < count:
-                await anyio.sleep(0)
-            for event in release:
+            for answered, event in enumerate(release):
+                while entered <= answered:
+                    await anyio.sleep(0)
+                await anyio.sleep(0.01)  # let every request that can get in do so
                 event.set()
-                while len(closes) < release.index(event) + 1:
+                while len(closes) <= answered:
                     await anyio.sleep(0)
 
     anyio.run(main)
-    return closes
+    return closes, most_inside
 
 
-def test_a_process_over_its_share_of_batches_asks_a_sender_to_reconnect() -> None:
-    # Four in flight with room for two: the first two answers (4, then 3 in flight) close their
-    # connection; the last two (2, then 1) keep theirs.
-    assert _hold_requests("/v1/events", 4, per_process=2) == [True, True, False, False]
-    assert _hold_requests("/v1/batch", 3, per_process=2) == [True, False, False]
+def test_a_process_over_its_share_of_batches_works_on_two_and_asks_the_others_to_reconnect() -> None:
+    # Four at once with room for two: two are worked on, two wait. The first two answers (4, then 3
+    # held) close their connection; the last two (2, then 1) keep theirs.
+    assert _hold_requests("/v1/events", 4, per_process=2) == ([True, True, False, False], 2)
+    assert _hold_requests("/v1/batch", 3, per_process=2) == ([True, False, False], 2)
 
 
-def test_batches_within_the_share_and_other_routes_keep_their_connections() -> None:
-    assert _hold_requests("/v1/events", 2, per_process=2) == [False, False]
-    assert _hold_requests("/v1/subjects/x/view", 5, per_process=2) == [False] * 5
+def test_batches_within_the_share_and_other_routes_are_left_alone() -> None:
+    assert _hold_requests("/v1/events", 2, per_process=2) == ([False, False], 2)
+    assert _hold_requests("/v1/subjects/x/view", 5, per_process=2) == ([False] * 5, 5)
 
 
 def test_a_batch_answered_alone_keeps_its_connection(api: TestClient, keys: Keys) -> None:
