@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:  # `python bench/events_bench.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-from sqlalchemy import Connection, Table, create_engine, insert, select  # noqa: E402
+from sqlalchemy import Connection, Table, insert, select  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from bench.common import (  # noqa: E402
@@ -637,12 +637,10 @@ def run_baseline(
     into ``url``; ``without_dedup_index`` drops the unique index that finds repeated messages
     first, for the floor as it was when repeats had a table of their own (before migration 0005)."""
     migrate.upgrade("data", url)
-    if without_dedup_index:
-        engine = create_engine(url)
-        with engine.begin() as conn:
-            conn.exec_driver_sql("DROP INDEX uq_events_message")
-        engine.dispose()
     database = Database(url, pool_size=max(5, concurrency))
+    if without_dedup_index:
+        with database.engine.begin() as conn:
+            conn.exec_driver_sql("DROP INDEX uq_events_message")
     statement = insert(cast(Table, Event.__table__))
     try:
 
@@ -806,13 +804,14 @@ def table(results: Sequence[dict[str, Any]]) -> str:
         *(("batches", 7), ("events", 7), ("seconds", 7), ("events/s", 9)),
         *(("p50 ms", 8), ("p99 ms", 8), ("max ms", 8), ("cpu ms/1k", 9), ("errors", 6)),
     )
-    header = " ".join([f"{'':20}", *(f"{n:>{w}}" for n, w in columns), f"{'÷ baseline':>10}"])
+    width = max(20, *(len(r["name"]) for r in results))
+    header = " ".join([f"{'':{width}}", *(f"{n:>{w}}" for n, w in columns), f"{'÷ baseline':>10}"])
     lines = [header]
     for r in results:
         ratio = f"{r['ratio_to_baseline']:.3f}" if r["ratio_to_baseline"] is not None else "-"
         cpu = f"{r['cpu_ms_per_1000_events']:.0f}" if r["cpu_ms_per_1000_events"] is not None else "-"
         lines.append(
-            f"{r['name']:20} {r['batches']:>7} {r['events']:>7} {r['seconds']:>7.2f} {r['events_per_s']:>9.0f} "
+            f"{r['name']:{width}} {r['batches']:>7} {r['events']:>7} {r['seconds']:>7.2f} {r['events_per_s']:>9.0f} "
             f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['max_ms']:>8.1f} {cpu:>9} {r['errors']:>6} {ratio:>10}"
         )
     return "\n".join(lines)

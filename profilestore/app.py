@@ -23,6 +23,9 @@ from profilestore.purposes.router import router as purposes_router
 from profilestore.runtime import Runtime
 from profilestore.views.router import router as views_router
 
+# The routes that take many events at once: their own body limits, and spread over the processes.
+EVENT_BATCHES, SEGMENT_BATCHES = "/v1/events", "/v1/batch"
+
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None, *, tune_gc: bool = False) -> FastAPI:
     """Build the app. Databases are expected to be migrated (``profilestore serve`` does it).
@@ -68,15 +71,15 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     settings = runtime.settings
     app.add_middleware(
         BatchSpreadMiddleware,
-        paths=frozenset({"/v1/events", "/v1/batch"}),
+        paths=frozenset({EVENT_BATCHES, SEGMENT_BATCHES}),
         per_process=settings.events.batches_in_flight_per_process,
     )
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_body_bytes,
         route_limits={
-            "/v1/events": settings.events.max_batch_bytes,
-            "/v1/batch": settings.events.segment_max_batch_bytes,
+            EVENT_BATCHES: settings.events.max_batch_bytes,
+            SEGMENT_BATCHES: settings.events.segment_max_batch_bytes,
             **{f"/v1/{kind}": settings.events.max_event_bytes for kind in SINGLE_CALLS},
         },
     )

@@ -1,10 +1,11 @@
 """duplicates found per subject by a unique index on events; the receipts table goes
 
 A batch used to record each event's (client, message id) in ``event_receipts``, keyed by those
-two alone. Message ids are random, so every event's receipt landed on a page of its own: megabytes
-of write-ahead log per 1,000-event batch, copied again by each checkpoint. The events table already holds the client and message id; a unique index
-leading with the subject finds a repeat as well and keeps a batch's entries together. A message
-id is a duplicate when the same client sent it for the same person (a merge keeps one of two).
+two alone. Message ids are random, so every event's receipt landed on a page of its own:
+megabytes of write-ahead log per 1,000-event batch, copied again by each checkpoint. The events
+table already holds the client and message id; a unique index leading with the subject finds a
+repeat as well and keeps a batch's entries together. A message id is a duplicate when the same
+client sent it for the same person (a merge keeps one of two).
 
 Revision ID: 0005
 Revises: 0004

@@ -169,8 +169,8 @@ class Staged:
     # (subject, message id) → the event id made for it, in that order: the order of the unique
     # index, in which two writers of the same messages on PostgreSQL meet them
     event_ids: dict[tuple[str, str], str]
-    # (subject, message id) → (subject, category, epoch, evidence): to count again after repeats
-    evidence: dict[tuple[str, str], tuple[str, str, datetime, signal_evidence.Evidence]]
+    # (subject, message id) → (category, epoch, evidence): to count again after repeats
+    evidence: dict[tuple[str, str], tuple[str, datetime, signal_evidence.Evidence]]
     sealed_values: dict[tuple[str, str, bytes], bytes]  # the signal values sealed (SignalWriter.sealed)
     signal_rows: list[dict[str, Any]]
     ciphers: dict[str, SubjectCipher]
@@ -196,7 +196,7 @@ def stage(
     subjects = {sid for _, sid, _ in admission.admitted}
     ciphers = vault.ciphers({sid: () for sid in subjects}) if subjects else {}
     rows: dict[tuple[str, str], dict[str, Any]] = {}
-    evidence: dict[tuple[str, str], tuple[str, str, datetime, signal_evidence.Evidence]] = {}
+    evidence: dict[tuple[str, str], tuple[str, datetime, signal_evidence.Evidence]] = {}
     writer = signals.SignalWriter(settings.signals, now)
     for (index, subject_id, allowed), event_id in zip(
         admission.admitted, new_ids("evt", len(admission.admitted)), strict=True
@@ -217,7 +217,7 @@ def stage(
             "purposes": allowed,
             "properties_ct": _seal(ciphers[subject_id], event_id, batch.payloads[index]),
         }
-        evidence[key] = (subject_id, event.category, epoch, batch.evidence[index])
+        evidence[key] = (event.category, epoch, batch.evidence[index])
         writer.add(subject_id, event.category, epoch, batch.evidence[index])
     ordered = sorted(rows)
     report = IngestReport(0, admission.report.duplicates, Counter(admission.report.dropped))
@@ -246,8 +246,8 @@ def write(session: Session, settings: Settings, staged: Staged, *, now: datetime
     signal_rows, signal_params = staged.signal_rows, staged.signal_params
     if len(stored) < len(staged.event_ids):  # repeats of earlier batches: not counted again
         writer = signals.SignalWriter(settings.signals, now, sealed=staged.sealed_values)
-        for key in stored:
-            writer.add(*staged.evidence[key])
+        for subject_id, message_id in stored:
+            writer.add(subject_id, *staged.evidence[subject_id, message_id])
         signal_rows = writer.rows(staged.ciphers)
         signal_params = signals.write_params(staged.dialect, settings.signals, signal_rows)
     signals.write(session, settings.signals, signal_rows, signal_params)

@@ -117,7 +117,7 @@ class BatchSpreadMiddleware:
         self.paths = paths
         self.per_process = per_process
         self.in_flight = 0  # this process's batches: one event loop, so no lock
-        self.turns: anyio.Semaphore | None = None
+        self.turns = anyio.Semaphore(per_process)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in self.paths:
@@ -131,8 +131,6 @@ class BatchSpreadMiddleware:
 
         self.in_flight += 1
         try:
-            if self.turns is None:
-                self.turns = anyio.Semaphore(self.per_process)
             async with self.turns:
                 await self.app(scope, receive, send_spread)
         finally:
