@@ -172,13 +172,12 @@ class Staged:
     # (subject, message id) → (category, epoch, evidence): to count again after repeats
     evidence: dict[tuple[str, str], tuple[str, datetime, signal_evidence.Evidence]]
     sealed_values: dict[tuple[str, str, bytes], bytes]  # the signal values sealed (SignalWriter.sealed)
-    signal_rows: list[dict[str, Any]]
     ciphers: dict[str, SubjectCipher]
     # The rows as the driver's parameters for ``dialect``, converted before the transaction.
     dialect: Dialect
     client_id: str
     event_params: list[Any]  # the event rows' parameters, in ``event_ids`` order
-    signal_params: list[Any]
+    signals: signals.Prepared
 
 
 def stage(
@@ -221,18 +220,16 @@ def stage(
         writer.add(subject_id, event.category, epoch, batch.evidence[index])
     ordered = sorted(rows)
     report = IngestReport(0, admission.report.duplicates, Counter(admission.report.dropped))
-    signal_rows = writer.rows(ciphers)
     return Staged(
         report,
         {key: rows[key]["event_id"] for key in ordered},
         evidence,
         writer.sealed,
-        signal_rows,
         ciphers,
         dialect,
         client_id,
         _INSERT_EVENTS.params(dialect, [rows[key] for key in ordered]),
-        signals.write_params(dialect, settings.signals, signal_rows),
+        writer.prepare(ciphers, dialect),
     )
 
 
@@ -243,14 +240,13 @@ def write(session: Session, settings: Settings, staged: Staged, *, now: datetime
         raise ValueError("a batch staged for one database cannot be written to another")
     report = staged.report
     stored = _store_new(session, staged)
-    signal_rows, signal_params = staged.signal_rows, staged.signal_params
+    prepared = staged.signals
     if len(stored) < len(staged.event_ids):  # repeats of earlier batches: not counted again
         writer = signals.SignalWriter(settings.signals, now, sealed=staged.sealed_values)
         for subject_id, message_id in stored:
             writer.add(subject_id, *staged.evidence[subject_id, message_id])
-        signal_rows = writer.rows(staged.ciphers)
-        signal_params = signals.write_params(staged.dialect, settings.signals, signal_rows)
-    signals.write(session, settings.signals, signal_rows, signal_params)
+        prepared = writer.prepare(staged.ciphers, staged.dialect)
+    signals.write(session, prepared)
     report.duplicates += len(staged.event_ids) - len(stored)
     report.accepted = len(stored)
     _count(report)
@@ -321,23 +317,23 @@ def rebuild_signals(
         signals.forget(session, subject_id)
     else:
         signals.forget(session, subject_id, buckets)
-    if not buckets:
-        return 0
-    cipher = vault.cipher(subject_id)
-    reader = signal_evidence.EvidenceReader(vault, settings.signals, now)
-    writer = signals.SignalWriter(settings.signals, now)
-    remaining = session.execute(
-        select(e.event_id, e.type, e.category, e.epoch, e.occurred_at, e.properties_ct).where(
-            e.subject_id == subject_id, tuple_(e.category, e.epoch).in_(sorted(buckets))
+    if buckets:
+        cipher = vault.cipher(subject_id)
+        reader = signal_evidence.EvidenceReader(vault, settings.signals, now)
+        writer = signals.SignalWriter(settings.signals, now)
+        remaining = session.execute(
+            select(e.event_id, e.type, e.category, e.epoch, e.occurred_at, e.properties_ct).where(
+                e.subject_id == subject_id, tuple_(e.category, e.epoch).in_(sorted(buckets))
+            )
         )
-    )
-    for event_id, kind, category, epoch, occurred_at, blob in remaining:
-        try:
-            properties = decrypt_properties(cipher, event_id, blob)
-        except DecryptionError:
-            continue  # its key is gone (an erasure in progress): nothing to count
-        writer.add(subject_id, category, epoch, reader.read(kind, occurred_at, properties))
-    writer.flush(session, {subject_id: cipher})
+        for event_id, kind, category, epoch, occurred_at, blob in remaining:
+            try:
+                properties = decrypt_properties(cipher, event_id, blob)
+            except DecryptionError:
+                continue  # its key is gone (an erasure in progress): nothing to count
+            writer.add(subject_id, category, epoch, reader.read(kind, occurred_at, properties))
+        writer.flush(session, {subject_id: cipher})
+    signals.recount(session, settings.signals, [subject_id], now)
     return len(buckets)
 
 

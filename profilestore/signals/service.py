@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -50,7 +50,7 @@ from profilestore.kit.sql import rows
 from profilestore.kit.sqlexpr import any_value, decayed, greatest
 from profilestore.purposes.rules import covers
 from profilestore.signals.evidence import Evidence, decay
-from profilestore.signals.models import Signal
+from profilestore.signals.models import Signal, SignalBucket, SignalValue
 from profilestore.signals.types import Behaviour
 
 TABLE = "signals"
@@ -73,15 +73,15 @@ class _Pending:
 SignalKey = tuple[str, str, bytes, str, datetime]  # subject, dimension, value index, category, epoch
 
 
-def _upsert(dialect: str, half_life_days: float) -> ClauseElement:
-    """Insert a signal row, or fold the new evidence into the row already there: its score decayed
-    to the new reference time, plus the new score; evidence added; the later last-seen kept. The
-    database does the arithmetic, so a batch never reads the rows it updates."""
-    table = cast(Table, Signal.__table__)
+def _upsert(dialect: str, half_life_days: float, table: Table) -> ClauseElement:
+    """Insert a signal row (a bucket's or a value's), or fold the new evidence into the row
+    already there: its score decayed to the new reference time, plus the new score; evidence
+    added; the later last-seen kept. The database does the arithmetic, so a batch never reads the
+    rows it updates."""
     insert_ = pg_insert(table) if dialect == "postgresql" else sqlite_insert(table)
     new = insert_.excluded
     return insert_.on_conflict_do_update(
-        index_elements=[table.c.subject_id, table.c.dimension, table.c.value_index, table.c.category, table.c.epoch],
+        index_elements=list(table.primary_key.columns),
         set_={
             "score": decayed(table.c.score, table.c.score_at, new.score_at, literal_column(repr(half_life_days)))
             + new.score,
@@ -93,14 +93,37 @@ def _upsert(dialect: str, half_life_days: float) -> ClauseElement:
 
 
 @lru_cache(maxsize=8)
-def _upsert_for(half_life_days: float) -> Bulk:
-    return Bulk(lambda dialect: _upsert(dialect, half_life_days))
+def _upserts_for(half_life_days: float) -> tuple[Bulk, Bulk]:
+    return (
+        Bulk(lambda dialect: _upsert(dialect, half_life_days, cast(Table, Signal.__table__))),
+        Bulk(lambda dialect: _upsert(dialect, half_life_days, cast(Table, SignalValue.__table__))),
+    )
+
+
+def _insert_buckets(dialect: str) -> ClauseElement:
+    table = cast(Table, SignalBucket.__table__)
+    return (pg_insert(table) if dialect == "postgresql" else sqlite_insert(table)).on_conflict_do_nothing()
+
+
+_INSERT_BUCKETS = Bulk(_insert_buckets)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch's signal writes as driver parameters for one database, worked out before the write
+    transaction: the buckets' rows, the values' sums and the buckets themselves."""
+
+    half_life_days: float
+    subject_ids: frozenset[str]
+    per_bucket: list[Any]
+    per_value: list[Any]
+    buckets: list[Any]
 
 
 @dataclass
 class SignalWriter:
-    """Collects one batch's evidence; its ``rows`` (sealed, one per touched signal) are written
-    by ``write``, so that the sealing can happen before the write transaction."""
+    """Collects one batch's evidence; ``prepare`` seals it and turns it into the rows to write
+    (``write``), so that the sealing can happen before the write transaction."""
 
     settings: SignalSettings
     now: datetime
@@ -120,10 +143,12 @@ class SignalWriter:
                 if evidence.occurred_at > entry.last_seen:
                     entry.last_seen = evidence.occurred_at
 
-    def rows(self, ciphers: Mapping[str, SubjectCipher]) -> list[dict[str, Any]]:
-        """The signal rows of the evidence added so far, in key order (two writers of the same
-        rows on PostgreSQL meet them in the same order)."""
-        rows = []
+    def prepare(self, ciphers: Mapping[str, SubjectCipher], dialect: Dialect) -> Prepared:
+        """The rows of the evidence added so far, in key order (two writers of the same rows on
+        PostgreSQL meet them in the same order), as parameters for ``dialect``."""
+        per_bucket: list[dict[str, Any]] = []
+        per_value: dict[tuple[str, str, bytes], dict[str, Any]] = {}
+        buckets: set[tuple[str, str, datetime]] = set()
         for key in sorted(self.pending):
             subject_id, dimension, index, category, epoch = key
             entry = self.pending[key]
@@ -131,56 +156,95 @@ class SignalWriter:
             if sealed is None:
                 sealed = ciphers[subject_id].encrypt(TABLE, "value", row_key(dimension, index), entry.value.encode())
                 self.sealed[key[:3]] = sealed
-            rows.append(
-                {
-                    "subject_id": subject_id,
-                    "dimension": dimension,
-                    "value_index": index,
-                    "category": category,
-                    "epoch": epoch,
-                    "value_ct": sealed,
-                    "score": entry.score,
-                    "score_at": self.now,
-                    "evidence": entry.evidence,
-                    "last_seen": entry.last_seen,
-                }
-            )
-        return rows
+            row = {
+                "subject_id": subject_id,
+                "dimension": dimension,
+                "value_index": index,
+                "value_ct": sealed,
+                "score": entry.score,
+                "score_at": self.now,
+                "evidence": entry.evidence,
+                "last_seen": entry.last_seen,
+            }
+            per_bucket.append({**row, "category": category, "epoch": epoch})
+            total = per_value.get(key[:3])
+            if total is None:
+                per_value[key[:3]] = row
+            else:  # the same value in another bucket of this batch: one sum for the value
+                total["score"] += entry.score
+                total["evidence"] += entry.evidence
+                total["last_seen"] = max(total["last_seen"], entry.last_seen)
+            buckets.add((subject_id, category, epoch))
+        upsert_buckets, upsert_values = _upserts_for(self.settings.half_life_days)
+        return Prepared(
+            self.settings.half_life_days,
+            frozenset(subject_id for subject_id, *_ in buckets),
+            upsert_buckets.params(dialect, per_bucket),
+            upsert_values.params(dialect, list(per_value.values())),
+            _INSERT_BUCKETS.params(
+                dialect, [{"subject_id": s, "category": c, "epoch": e} for s, c, e in sorted(buckets)]
+            ),
+        )
 
     def flush(self, session: Session, ciphers: Mapping[str, SubjectCipher]) -> int:
-        """Write the evidence added so far; returns the number of signal rows touched."""
-        rows = self.rows(ciphers)
-        write(session, self.settings, rows)
+        """Write the evidence added so far; returns the number of bucket rows touched."""
+        prepared = self.prepare(ciphers, session.get_bind().dialect)
+        write(session, prepared)
         self.pending.clear()
-        return len(rows)
+        return len(prepared.per_bucket)
 
 
-def write_params(dialect: Dialect, settings: SignalSettings, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
-    """The driver's parameters for writing ``rows``, worked out before the write transaction."""
-    return _upsert_for(settings.half_life_days).params(dialect, rows)
-
-
-def write(
-    session: Session, settings: SignalSettings, rows: Sequence[Mapping[str, Any]], params: Sequence[Any] | None = None
-) -> None:
-    """Fold ``rows`` (from ``SignalWriter.rows``) into the stored signals, one upsert per row;
-    ``params``, when given, are ``write_params`` of the same rows."""
-    if rows:
-        lock_subjects(session, {row["subject_id"] for row in rows})
-        upsert = _upsert_for(settings.half_life_days)
-        upsert.execute_params(
-            session, params if params is not None else upsert.params(session.get_bind().dialect, rows)
-        )
+def write(session: Session, prepared: Prepared) -> None:
+    """Fold a batch's prepared rows into the stored signals: one upsert per bucket row and per
+    value, and the buckets noted."""
+    if not prepared.per_bucket:
+        return
+    lock_subjects(session, prepared.subject_ids)
+    upsert_buckets, upsert_values = _upserts_for(prepared.half_life_days)
+    upsert_buckets.execute_params(session, prepared.per_bucket)
+    upsert_values.execute_params(session, prepared.per_value)
+    _INSERT_BUCKETS.execute_params(session, prepared.buckets)
 
 
 def forget(session: Session, subject_id: str, buckets: Iterable[tuple[str, datetime]] | None = None) -> None:
     """Delete a subject's signals (only the given (category, epoch) buckets, when given), to be
-    rebuilt from events."""
+    rebuilt from events; ``recount`` then sums what remains."""
     lock_subjects(session, [subject_id])
     query = delete(Signal).where(Signal.subject_id == subject_id)
     if buckets is not None:
         query = query.where(tuple_(Signal.category, Signal.epoch).in_(sorted(buckets)))
     session.execute(query)
+
+
+def recount(session: Session, settings: SignalSettings, subject_ids: Iterable[str], now: datetime) -> None:
+    """Sum the subjects' values and note their buckets again from their bucket rows: after
+    buckets were forgotten, rebuilt or moved by a merge."""
+    subject_ids = sorted(set(subject_ids))
+    lock_subjects(session, subject_ids)
+    s = Signal.__table__.c
+    v = cast(Table, SignalValue.__table__)
+    b = cast(Table, SignalBucket.__table__)
+    session.execute(delete(v).where(v.c.subject_id.in_(subject_ids)))
+    session.execute(delete(b).where(b.c.subject_id.in_(subject_ids)))
+    at = bindparam("now", now, type_=s.score_at.type)
+    sums = (
+        select(
+            s.subject_id,
+            s.dimension,
+            s.value_index,
+            any_value(s.value_ct),
+            func.sum(decayed(s.score, s.score_at, at, literal_column(repr(settings.half_life_days)))),
+            at,
+            func.sum(s.evidence),
+            func.max(s.last_seen),
+        )
+        .where(s.subject_id.in_(subject_ids))
+        .group_by(s.subject_id, s.dimension, s.value_index)
+    )
+    columns = ["subject_id", "dimension", "value_index", "value_ct", "score", "score_at", "evidence", "last_seen"]
+    session.execute(v.insert().from_select(columns, sums))
+    kinds = select(s.subject_id, s.category, s.epoch).where(s.subject_id.in_(subject_ids)).distinct()
+    session.execute(b.insert().from_select(["subject_id", "category", "epoch"], kinds))
 
 
 def lock_subjects(session: Session, subject_ids: Iterable[str]) -> None:
@@ -228,6 +292,7 @@ def absorb(
             into.evidence += row.evidence
             into.last_seen = max(into.last_seen, row.last_seen)
         session.flush()
+    recount(session, settings, [source.subject_id, target.subject_id], now)
 
 
 def covered_by(column: ColumnElement[str], categories: frozenset[str]) -> ColumnElement[bool]:
@@ -275,8 +340,9 @@ class Reading:
 
 @lru_cache(maxsize=256)
 def _read_statement(categories: frozenset[str]) -> Select[Any]:
-    """The statement behind ``read`` for one policy (its categories are part of the statement;
-    everything else is a parameter). Building it costs more than running it, hence the cache."""
+    """The statement that sums a subject's permitted buckets per value, for one policy (its
+    categories are part of the statement; everything else is a parameter). Building it costs
+    more than running it, hence the cache."""
     s = Signal.__table__.c
     now = bindparam("now", type_=s.score_at.type)
     return (
@@ -294,6 +360,25 @@ def _read_statement(categories: frozenset[str]) -> Select[Any]:
     )
 
 
+def _sums_statement() -> Select[Any]:
+    """The statement that reads a subject's per-value sums, decayed to now: the same columns as
+    ``_read_statement``, one row per value read, nothing to aggregate."""
+    v = SignalValue.__table__.c
+    now = bindparam("now", type_=v.score_at.type)
+    return select(
+        v.dimension,
+        v.value_index,
+        decayed(v.score, v.score_at, now, bindparam("half_life", type_=Float())),
+        v.evidence,
+        v.last_seen,
+        v.value_ct,
+    ).where(v.subject_id == bindparam("subject_id"))
+
+
+_READ_SUMS = _sums_statement()
+_BUCKETS = select(SignalBucket.category, SignalBucket.epoch).where(SignalBucket.subject_id == bindparam("subject_id"))
+
+
 def read(
     session: Session,
     cipher: SubjectCipher,
@@ -307,14 +392,16 @@ def read(
     """The subject's permitted behavioural signals, summed across buckets, decayed to ``now``:
     the ``limit`` strongest values per dimension, and the values whose index is in ``also``.
 
-    One statement filters, decays and sums in the database, one row per value; only the values
-    returned are decrypted, so the work done in Python stays near the size of the view.
+    When the purpose may count every bucket the subject has (the usual case), the per-value sums
+    are read as they are; otherwise one statement filters, decays and sums the permitted buckets
+    in the database. Either way one row per value reaches Python, and only the values returned are
+    decrypted, so the work done in Python stays near the size of the view.
     """
     params = {"subject_id": cipher.subject_id, "now": now, "half_life": settings.half_life_days, **permitted.params}
+    every_bucket = all(permitted.admits(category, epoch) for category, epoch in rows(session, _BUCKETS, params))
+    statement = _READ_SUMS if every_bucket else _read_statement(permitted.categories)
     by_dimension: dict[str, list[tuple[float, bytes, int, datetime, bytes]]] = {}
-    for dimension, index, score, evidence, last_seen, value_ct in rows(
-        session, _read_statement(permitted.categories), params
-    ):
+    for dimension, index, score, evidence, last_seen, value_ct in rows(session, statement, params):
         by_dimension.setdefault(dimension, []).append((score, bytes(index), int(evidence), last_seen, value_ct))
     wanted = set(also)
     found, volumes = [], {}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 
@@ -21,7 +22,8 @@ from profilestore.events.models import Event
 from profilestore.metrics import EVENTS
 from profilestore.preferences import service as preferences
 from profilestore.runtime import Runtime
-from profilestore.signals.models import Signal
+from profilestore.signals import service as signals
+from profilestore.signals.models import Signal, SignalBucket, SignalValue
 from tests.conftest import Keys, consent_body
 
 
@@ -159,3 +161,35 @@ def segment_message(kind: str = "track", **fields: Any) -> dict[str, Any]:
 
 def consent_context(**categories: bool) -> dict[str, Any]:
     return {"consent": {"categoryPreferences": categories}}
+
+
+def assert_value_sums_agree(runtime: Runtime) -> None:
+    """Every value's sum (``signal_values``) is what its bucket rows add up to, and every subject's
+    noted buckets (``signal_buckets``) are those its bucket rows are kept in: worked out here from
+    the bucket rows, decayed to one time by the half-life written out again."""
+    half_life = runtime.settings.signals.half_life_days
+    at = datetime.now(UTC)
+
+    def now_score(score: float, held_at: datetime) -> float:
+        return score * 0.5 ** ((at - held_at).total_seconds() / 86_400.0 / half_life)
+
+    with runtime.db.transaction(write=False) as session:
+        buckets = list(session.scalars(select(Signal)))
+        sums = list(session.scalars(select(SignalValue)))
+        noted = {(b.subject_id, b.category, b.epoch) for b in session.scalars(select(SignalBucket))}
+    expected: dict[tuple[str, str, bytes], list[Any]] = {}
+    for row in buckets:
+        key = (row.subject_id, row.dimension, bytes(row.value_index))
+        score, evidence, last_seen = now_score(row.score, row.score_at), row.evidence, row.last_seen
+        if key in expected:
+            total = expected[key]
+            score, evidence, last_seen = total[0] + score, total[1] + evidence, max(total[2], last_seen)
+        expected[key] = [score, evidence, last_seen, row.value_ct]
+    assert {(s.subject_id, s.dimension, bytes(s.value_index)) for s in sums} == set(expected)
+    for s in sums:
+        score, evidence, last_seen, sealed = expected[(s.subject_id, s.dimension, bytes(s.value_index))]
+        assert (s.evidence, s.last_seen) == (evidence, last_seen)
+        assert now_score(s.score, s.score_at) == pytest.approx(score, rel=1e-9)
+        cipher, key = runtime.vault.cipher(s.subject_id), signals.row_key(s.dimension, bytes(s.value_index))
+        assert cipher.decrypt("signals", "value", key, s.value_ct) == cipher.decrypt("signals", "value", key, sealed)
+    assert noted == {(row.subject_id, row.category, row.epoch) for row in buckets}
