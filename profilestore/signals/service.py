@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -376,6 +377,7 @@ def _sums_statement() -> Select[Any]:
 
 
 _READ_SUMS = _sums_statement()
+_score = itemgetter(2)
 _BUCKETS = select(SignalBucket.category, SignalBucket.epoch).where(SignalBucket.subject_id == bindparam("subject_id"))
 
 
@@ -400,21 +402,23 @@ def read(
     params = {"subject_id": cipher.subject_id, "now": now, "half_life": settings.half_life_days, **permitted.params}
     every_bucket = all(permitted.admits(category, epoch) for category, epoch in rows(session, _BUCKETS, params))
     statement = _READ_SUMS if every_bucket else _read_statement(permitted.categories)
-    by_dimension: dict[str, list[tuple[float, bytes, int, datetime, bytes]]] = {}
-    for dimension, index, score, evidence, last_seen, value_ct in rows(session, statement, params):
-        by_dimension.setdefault(dimension, []).append((score, bytes(index), int(evidence), last_seen, value_ct))
+    # Rows are (dimension, index, score, evidence, last seen, sealed value); only those returned
+    # are made into anything.
+    by_dimension: dict[str, list[Sequence[Any]]] = {}
+    for row in rows(session, statement, params):
+        by_dimension.setdefault(row[0], []).append(row)
     wanted = set(also)
     found, volumes = [], {}
     for dimension, values in by_dimension.items():
-        volumes[dimension] = sum(v[2] for v in values)
-        values.sort(key=lambda v: v[0], reverse=True)
+        volumes[dimension] = sum(int(row[3]) for row in values)
+        values.sort(key=_score, reverse=True)
         # Keep every value tied with the last one kept: the ranking breaks ties by value, which
         # only the decrypted values show.
-        floor = values[limit - 1][0] if len(values) > limit else None
-        for score, index, evidence, last_seen, value_ct in values:
-            if floor is None or score >= floor or index in wanted:
+        floor = values[limit - 1][2] if len(values) > limit else None
+        for _, index, score, evidence, last_seen, value_ct in values:
+            if floor is None or score >= floor or bytes(index) in wanted:
                 value = cipher.decrypt(TABLE, "value", row_key(dimension, index), value_ct)
-                found.append(Behaviour(dimension, value.decode(), score, evidence, last_seen))
+                found.append(Behaviour(dimension, value.decode(), score, int(evidence), last_seen))
     return Reading(found, volumes)
 
 

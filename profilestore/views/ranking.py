@@ -13,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import Annotated
+
+from pydantic import Field
 
 from profilestore.signals.types import Behaviour
 
@@ -27,10 +29,14 @@ class Declaration:
     declared_at: datetime
 
 
-class RankedSignal(NamedTuple):  # one per value a view returns: cheap to make
+@dataclass(slots=True)
+class RankedSignal:
+    """One value of a view, as it is sent (``ViewOut.signals``): a view makes one per value, so a
+    plain slotted class that the response serialises without validating again."""
+
     value: str
     score: float
-    tier: str
+    tier: Annotated[str, Field(description="behavioural, declared or both")]
     evidence: int
     last_seen: datetime
     contradicted: bool
@@ -58,35 +64,31 @@ def rank(
             declared[said_one.dimension][said_one.value] = said_one
 
     ranked: dict[str, list[RankedSignal]] = {}
-    for dimension in sorted(set(behaved) | set(declared)):
+    for dimension in sorted(behaved.keys() | declared.keys()):
         seen = behaved.get(dimension, {})
         said = declared.get(dimension, {})
         volume = volumes.get(dimension, 0) if volumes is not None else sum(b.evidence for b in seen.values())
-        signals = []
-        for value in set(seen) | set(said):
-            b, d = seen.get(value), said.get(value)
-            if b is not None:
-                signals.append(
-                    RankedSignal(
-                        value=value,
-                        score=b.score + (declared_weight if d else 0.0),
-                        tier=BOTH if d else BEHAVIOURAL,
-                        evidence=b.evidence,
-                        last_seen=max(b.last_seen, d.declared_at) if d else b.last_seen,
-                        contradicted=False,
-                    )
+        # Behaviour first, by score, then value; positional tuples, as a view makes one per value.
+        signals = sorted(
+            (
+                RankedSignal(value, b.score, BEHAVIOURAL, b.evidence, b.last_seen, False)
+                if (d := said.get(value)) is None
+                else RankedSignal(
+                    value, b.score + declared_weight, BOTH, b.evidence, max(b.last_seen, d.declared_at), False
                 )
-            elif d is not None:
-                signals.append(
-                    RankedSignal(
-                        value=value,
-                        score=declared_weight,
-                        tier=DECLARED,
-                        evidence=0,
-                        last_seen=d.declared_at,
-                        contradicted=volume >= contradiction_min_evidence,
-                    )
-                )
-        signals.sort(key=lambda s: (s.tier == DECLARED, -s.score, s.value))
+                for value, b in seen.items()
+            ),
+            key=lambda s: (-s.score, s.value),
+        )
+        if len(signals) < limit:
+            contradicted = volume >= contradiction_min_evidence
+            signals += sorted(
+                (
+                    RankedSignal(value, declared_weight, DECLARED, 0, d.declared_at, contradicted)
+                    for value, d in said.items()
+                    if value not in seen
+                ),
+                key=lambda s: s.value,
+            )
         ranked[dimension] = signals[:limit]
     return ranked

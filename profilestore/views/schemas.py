@@ -9,15 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from profilestore.identity.schemas import Identifiers
 from profilestore.preferences.schemas import PreferenceOut
-
-
-class SignalOut(BaseModel):
-    value: str
-    score: float
-    tier: str = Field(description="behavioural, declared or both")
-    evidence: int
-    last_seen: datetime
-    contradicted: bool
+from profilestore.views.ranking import RankedSignal
 
 
 class ConsentSummary(BaseModel):
@@ -50,7 +42,7 @@ class ViewOut(BaseModel):
     purpose: str
     subject_id: str | None
     personalised: bool
-    signals: dict[str, list[SignalOut]]
+    signals: dict[str, list[RankedSignal]]
     preferences: list[PreferenceOut]
     consent: ConsentSummary
     defaults: dict[str, list[str]] = Field(description="what to render for people the store can't classify")

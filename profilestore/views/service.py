@@ -179,8 +179,7 @@ def _view(
         purpose=q.purpose,
         subject_id=subject_id,
         personalised=True,
-        # Validated from plain mappings in one pass: cheaper than a model per value.
-        signals={dimension: [s._asdict() for s in values] for dimension, values in ranked.items() if values},  # type: ignore[misc]
+        signals={dimension: values for dimension, values in ranked.items() if values},
         preferences=prefs,
         consent=ConsentSummary(
             in_force=True,
