@@ -77,7 +77,7 @@ BASELINE = "bare Core insert"
 SERIAL = "bare Core, 1 writer"
 UNINDEXED = "bare Core, no dedup index"
 CONSENT_PURPOSE = "personalize"
-TABLES = ("subjects", "consent_state", "events", "signals")
+TABLES = ("subjects", "consent_state", "events", "signals", "signal_values", "signal_buckets")
 TARGET_EVENTS_PER_S = 20_000  # on SQLite, on the 2-core bench machine
 TARGET_RATIO = 0.5
 

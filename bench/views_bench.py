@@ -76,7 +76,7 @@ from profilestore.db import Database  # noqa: E402
 from profilestore.identity.models import Subject  # noqa: E402
 from profilestore.kit.time import utcnow  # noqa: E402
 from profilestore.runtime import Runtime  # noqa: E402
-from profilestore.signals.models import Signal  # noqa: E402
+from profilestore.signals.models import Signal, SignalValue  # noqa: E402
 from profilestore.views import service as views  # noqa: E402
 from profilestore.views.schemas import ViewOut  # noqa: E402
 
@@ -364,6 +364,7 @@ class Profile:
     anonymous_id: str
     subject_id: str = ""
     signal_rows: int = 0
+    signal_values: int = 0
     view_values: dict[str, int] = field(default_factory=dict)
     view_bytes: int = 0
 
@@ -424,11 +425,14 @@ def check_views(url: str, reader: dict[str, str], profiles: Sequence[Profile]) -
 
 
 def count_signals(runtime: Runtime, profiles: Sequence[Profile]) -> None:
-    """Each subject's signal rows (the size of what a view reads)."""
+    """Each subject's signal bucket rows and values (what a view reads: the values, when its
+    purpose may count every bucket, else the buckets)."""
     with runtime.db.transaction(write=False) as session:
         for p in profiles:
             query = select(func.count()).select_from(Signal).where(Signal.subject_id == p.subject_id)
             p.signal_rows = int(session.execute(query).scalar_one())
+            query = select(func.count()).select_from(SignalValue).where(SignalValue.subject_id == p.subject_id)
+            p.signal_values = int(session.execute(query).scalar_one())
 
 
 def view_once(runtime: Runtime, caller: Caller, q: views.ViewQuery, subject_id: str) -> ViewOut:
@@ -713,7 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("  the bare FastAPI primary-key lookup", file=sys.stderr)
         http_bare, concurrent_bare = baseline_phases(clients, store, profiles[-1].subject_id, args)
         with runtime.db.engine.connect() as conn:
-            rows = row_counts(conn, ("subjects", "events", "signals", "preferences", "access_log"))
+            rows = row_counts(conn, ("subjects", "events", "signals", "signal_values", "preferences", "access_log"))
         machine = machine_info(store.backend, store.tmp, store.postgres)
         machine["load_average_before"] = load_before
         machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -750,6 +754,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             {
                 "events": p.events,
                 "signal_rows": p.signal_rows,
+                "signal_values": p.signal_values,
                 "view_values": p.view_values,
                 "view_bytes": p.view_bytes,
             }
