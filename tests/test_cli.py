@@ -176,8 +176,9 @@ def test_signals_rebuild_recomputes_cleared_signals_from_the_stored_events(
     path = f"/v1/subjects/{subject['subject_id']}/view?purpose=personalize.content"
     before = api.get(path, headers=keys.header("reader")).json()["signals"]
     assert {s["value"] for s in before["category"]} == {"a", "b"}
-    with runtime.db.engine.begin() as conn:  # what the 0003 migration does
-        conn.execute(text("DELETE FROM signals"))
+    with runtime.db.engine.begin() as conn:  # what the 0003 migration did, to every signal table
+        for table in ("signals", "signal_values", "signal_buckets"):
+            conn.execute(text(f"DELETE FROM {table}"))
     assert api.get(path, headers=keys.header("reader")).json()["signals"] == {}
 
     result = run(cli, "signals", "rebuild")

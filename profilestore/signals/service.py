@@ -4,10 +4,12 @@ grant epoch, updated incrementally as events arrive so that reading a view never
 Scores decay exponentially with the configured half-life. A row holds its score as of
 ``score_at``. A batch's evidence (``evidence.py``) is aggregated in memory and written as one
 upsert per touched row, which decays the stored score to the batch's time and adds the new score in
-SQL: a batch never reads the rows it updates. A view sums a subject's permitted rows per value in
-one statement, decayed to now. On PostgreSQL, writers of the same subject's signals queue on a
-transaction-level advisory lock (taken in sorted order, so two batches can't deadlock); SQLite
-serialises writers anyway.
+SQL: a batch never reads the rows it updates. The same batch upserts each touched value's sum over
+its buckets (``signal_values``) and notes the subject's buckets (``signal_buckets``). A view whose
+purpose may count every bucket of the subject reads those sums, one row per value; otherwise it
+sums the permitted buckets per value in one statement, decayed to now. On PostgreSQL, writers of
+the same subject's signals queue on a transaction-level advisory lock (taken in sorted order, so
+two batches can't deadlock); SQLite serialises writers anyway.
 """
 
 from __future__ import annotations
@@ -176,11 +178,11 @@ class SignalWriter:
                 total["evidence"] += entry.evidence
                 total["last_seen"] = max(total["last_seen"], entry.last_seen)
             buckets.add((subject_id, category, epoch))
-        upsert_buckets, upsert_values = _upserts_for(self.settings.half_life_days)
+        upsert_signals, upsert_values = _upserts_for(self.settings.half_life_days)
         return Prepared(
             self.settings.half_life_days,
             frozenset(subject_id for subject_id, *_ in buckets),
-            upsert_buckets.params(dialect, per_bucket),
+            upsert_signals.params(dialect, per_bucket),
             upsert_values.params(dialect, list(per_value.values())),
             _INSERT_BUCKETS.params(
                 dialect, [{"subject_id": s, "category": c, "epoch": e} for s, c, e in sorted(buckets)]
@@ -201,8 +203,8 @@ def write(session: Session, prepared: Prepared) -> None:
     if not prepared.per_bucket:
         return
     lock_subjects(session, prepared.subject_ids)
-    upsert_buckets, upsert_values = _upserts_for(prepared.half_life_days)
-    upsert_buckets.execute_params(session, prepared.per_bucket)
+    upsert_signals, upsert_values = _upserts_for(prepared.half_life_days)
+    upsert_signals.execute_params(session, prepared.per_bucket)
     upsert_values.execute_params(session, prepared.per_value)
     _INSERT_BUCKETS.execute_params(session, prepared.buckets)
 
