@@ -159,6 +159,19 @@ class Keys:
         return {"Authorization": f"Bearer {getattr(self, role)}"}
 
 
+@pytest.fixture(autouse=True)
+def _value_sums_agree_afterwards(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every test that has a store: the per-value signal sums that views read are what the
+    signal buckets add up to (``tests.events.support.assert_value_sums_agree``)."""
+    from tests.events.support import assert_value_sums_agree  # it imports this module
+
+    # Asked for before the test runs, so that the store is still open when it ends.
+    store = request.getfixturevalue("runtime") if "runtime" in request.fixturenames else None
+    yield
+    if store is not None:
+        assert_value_sums_agree(store)
+
+
 @pytest.fixture
 def keys(runtime: Runtime) -> Keys:
     """One client per role, created through the service (as `profilestore clients create` does)."""
