@@ -5,7 +5,8 @@ number of bucket rows (about 200 for a busy shopper, against 10 for a new one). 
 holds each value's sum over all its buckets, kept up by the same batch writes; ``signal_buckets``
 lists a subject's (category, epoch) buckets, so that a view can tell whether its purpose may count
 all of them and read the sums as they are. Both are filled here from the existing signals, decayed
-to now with the configured half-life.
+to now with the configured half-life. On PostgreSQL they stay empty: views there sum the buckets
+(``signals.service.keeps_sums`` says why).
 
 Revision ID: 0006
 Revises: 0005
@@ -25,13 +26,6 @@ revision: str = "0006"
 down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
-
-DECAYED = {
-    "sqlite": "score * pow(2.0, (julianday(score_at) - julianday(:now)) / :half_life)",
-    "postgresql": "score * power(CAST(2.0 AS DOUBLE PRECISION), "
-    "CAST(EXTRACT(EPOCH FROM (score_at - :now)) AS DOUBLE PRECISION) / (:half_life * 86400.0))",
-}
-ANY_VALUE = {"sqlite": "max(value_ct)", "postgresql": "(array_agg(value_ct))[1]"}
 
 
 def upgrade() -> None:
@@ -56,12 +50,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("subject_id", "category", "epoch", name=op.f("pk_signal_buckets")),
         sqlite_with_rowid=False,
     )
-    dialect = op.get_bind().dialect.name
-    sums = f"{ANY_VALUE[dialect]}, sum({DECAYED[dialect]})"  # fixed SQL per dialect, no input
+    if op.get_bind().dialect.name != "sqlite":  # the sums are kept on SQLite only (signals.service.keeps_sums)
+        return
     fill = sa.text(
-        "INSERT INTO signal_values (subject_id, dimension, value_index, value_ct, score, score_at, evidence, last_seen) "  # noqa: S608
-        f"SELECT subject_id, dimension, value_index, {sums}, :now, sum(evidence), max(last_seen) "
-        "FROM signals GROUP BY subject_id, dimension, value_index"
+        "INSERT INTO signal_values (subject_id, dimension, value_index, value_ct, score, score_at, evidence, last_seen) "
+        "SELECT subject_id, dimension, value_index, max(value_ct), "
+        "sum(score * pow(2.0, (julianday(score_at) - julianday(:now)) / :half_life)), :now, sum(evidence), "
+        "max(last_seen) FROM signals GROUP BY subject_id, dimension, value_index"
     ).bindparams(
         sa.bindparam("now", datetime.now(UTC), type_=profilestore.kit.sqltypes.UTCDateTime(timezone=True)),
         sa.bindparam("half_life", Settings().signals.half_life_days, type_=sa.Float()),

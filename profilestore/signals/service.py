@@ -4,10 +4,11 @@ grant epoch, updated incrementally as events arrive so that reading a view never
 Scores decay exponentially with the configured half-life. A row holds its score as of
 ``score_at``. A batch's evidence (``evidence.py``) is aggregated in memory and written as one
 upsert per touched row, which decays the stored score to the batch's time and adds the new score in
-SQL: a batch never reads the rows it updates. The same batch upserts each touched value's sum over
-its buckets (``signal_values``) and notes the subject's buckets (``signal_buckets``). A view whose
-purpose may count every bucket of the subject reads those sums, one row per value; otherwise it
-sums the permitted buckets per value in one statement, decayed to now. On PostgreSQL, writers of
+SQL: a batch never reads the rows it updates. On SQLite (``keeps_sums``) the same batch upserts each
+touched value's sum over its buckets (``signal_values``) and notes the subject's buckets
+(``signal_buckets``), and a view whose purpose may count every bucket of the subject reads those
+sums, one row per value; otherwise, and on PostgreSQL, a view sums the permitted buckets per value
+in one statement, decayed to now. On PostgreSQL, writers of
 the same subject's signals queue on a transaction-level advisory lock (taken in sorted order, so
 two batches can't deadlock); SQLite serialises writers anyway.
 """
@@ -103,6 +104,16 @@ def _upserts_for(half_life_days: float) -> tuple[Bulk, Bulk]:
     )
 
 
+def keeps_sums(dialect: str) -> bool:
+    """Whether the per-value sums (``signal_values``, ``signal_buckets``) are kept: on SQLite,
+    not on PostgreSQL. SQLite runs in the serving process, and summing a busy subject's buckets
+    there cost a view most of its time; ready sums halved it. PostgreSQL sums in its server and a
+    view's time is its round trips (ready sums changed nothing measurable, and reading the
+    buckets first is one more trip), while every row a batch upserts costs about 20 µs there:
+    keeping the sums cost a quarter of its ingest rate (bench/README.md, 2026-12-01)."""
+    return dialect == "sqlite"
+
+
 def _insert_buckets(dialect: str) -> ClauseElement:
     table = cast(Table, SignalBucket.__table__)
     return (pg_insert(table) if dialect == "postgresql" else sqlite_insert(table)).on_conflict_do_nothing()
@@ -114,7 +125,8 @@ _INSERT_BUCKETS = Bulk(_insert_buckets)
 @dataclass(frozen=True)
 class Prepared:
     """A batch's signal writes as driver parameters for one database, worked out before the write
-    transaction: the buckets' rows, the values' sums and the buckets themselves."""
+    transaction: the buckets' rows, and where they are kept (``keeps_sums``) the values' sums and
+    the buckets themselves."""
 
     half_life_days: float
     subject_ids: frozenset[str]
@@ -149,6 +161,7 @@ class SignalWriter:
     def prepare(self, ciphers: Mapping[str, SubjectCipher], dialect: Dialect) -> Prepared:
         """The rows of the evidence added so far, in key order (two writers of the same rows on
         PostgreSQL meet them in the same order), as parameters for ``dialect``."""
+        sums = keeps_sums(dialect.name)
         per_bucket: list[dict[str, Any]] = []
         per_value: dict[tuple[str, str, bytes], dict[str, Any]] = {}
         buckets: set[tuple[str, str, datetime]] = set()
@@ -170,6 +183,9 @@ class SignalWriter:
                 "last_seen": entry.last_seen,
             }
             per_bucket.append({**row, "category": category, "epoch": epoch})
+            buckets.add((subject_id, category, epoch))
+            if not sums:
+                continue
             total = per_value.get(key[:3])
             if total is None:
                 per_value[key[:3]] = row
@@ -177,7 +193,6 @@ class SignalWriter:
                 total["score"] += entry.score
                 total["evidence"] += entry.evidence
                 total["last_seen"] = max(total["last_seen"], entry.last_seen)
-            buckets.add((subject_id, category, epoch))
         upsert_signals, upsert_values = _upserts_for(self.settings.half_life_days)
         return Prepared(
             self.settings.half_life_days,
@@ -185,7 +200,7 @@ class SignalWriter:
             upsert_signals.params(dialect, per_bucket),
             upsert_values.params(dialect, list(per_value.values())),
             _INSERT_BUCKETS.params(
-                dialect, [{"subject_id": s, "category": c, "epoch": e} for s, c, e in sorted(buckets)]
+                dialect, [{"subject_id": s, "category": c, "epoch": e} for s, c, e in sorted(buckets if sums else ())]
             ),
         )
 
@@ -222,6 +237,8 @@ def forget(session: Session, subject_id: str, buckets: Iterable[tuple[str, datet
 def recount(session: Session, settings: SignalSettings, subject_ids: Iterable[str], now: datetime) -> None:
     """Sum the subjects' values and note their buckets again from their bucket rows: after
     buckets were forgotten, rebuilt or moved by a merge."""
+    if not keeps_sums(session.get_bind().dialect.name):
+        return
     subject_ids = sorted(set(subject_ids))
     lock_subjects(session, subject_ids)
     s = Signal.__table__.c
@@ -402,7 +419,9 @@ def read(
     decrypted, so the work done in Python stays near the size of the view.
     """
     params = {"subject_id": cipher.subject_id, "now": now, "half_life": settings.half_life_days, **permitted.params}
-    every_bucket = all(permitted.admits(category, epoch) for category, epoch in rows(session, _BUCKETS, params))
+    every_bucket = keeps_sums(session.get_bind().dialect.name) and all(
+        permitted.admits(category, epoch) for category, epoch in rows(session, _BUCKETS, params)
+    )
     statement = _READ_SUMS if every_bucket else _read_statement(permitted.categories)
     # Rows are (dimension, index, score, evidence, last seen, sealed value); only those returned
     # are made into anything.
