@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -53,6 +53,7 @@ class SubjectCipher:
     primary_key_id: str
     keys: dict[str, bytes] = field(repr=False)
     _aeads: dict[str, AESGCM] = field(default_factory=dict, repr=False)
+    _by_raw_id: dict[bytes, AESGCM] = field(default_factory=dict, repr=False)  # as ciphertexts name them
 
     def _aead(self, key_id: str) -> AESGCM | None:
         aead = self._aeads.get(key_id)
@@ -77,15 +78,28 @@ class SubjectCipher:
         return SubjectCipher(subject_id, self.primary_key_id, self.keys, self._aeads)
 
     def decrypt(self, table: str, column: str, row_key: str, blob: bytes) -> bytes:
+        return self._open(_associated_data(table, column, self.subject_id, row_key), blob)
+
+    def opener(self, table: str, column: str) -> Callable[[str, bytes], bytes]:
+        """``decrypt`` for many rows of one table and column (a view opens dozens of values): the
+        associated data's fixed part is built once."""
+        fixed = _associated_data(table, column, self.subject_id, "")
+        return lambda row_key, blob: self._open(fixed + row_key.encode(), blob)
+
+    def _open(self, associated_data: bytes, blob: bytes) -> bytes:
         if blob[:1] != VERSION:
             raise DecryptionError("unknown ciphertext version")
         if len(blob) < MIN_CIPHERTEXT:
             raise DecryptionError("ciphertext is truncated")
-        aead = self._aead(blob[1:17].hex())
+        raw_id = blob[1:17]
+        aead = self._by_raw_id.get(raw_id)
         if aead is None:
-            raise DecryptionError("the data key is not held by this subject (shredded or foreign)")
+            aead = self._aead(raw_id.hex())
+            if aead is None:
+                raise DecryptionError("the data key is not held by this subject (shredded or foreign)")
+            self._by_raw_id[raw_id] = aead
         try:
-            return aead.decrypt(blob[17:29], blob[29:], _associated_data(table, column, self.subject_id, row_key))
+            return aead.decrypt(blob[17:29], blob[29:], associated_data)
         except InvalidTag as exc:
             raise DecryptionError("ciphertext does not belong to this row") from exc
 

@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import DateTime
+from sqlalchemy import DateTime, type_coerce
 from sqlalchemy.engine import Dialect
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import NullType, TypeDecorator
 
 
 def _to_utc(value: datetime) -> datetime:
@@ -69,3 +70,18 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+def unconverted(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """``column`` as the driver returns it, with no result processing: for reads that fetch many
+    rows and keep few, which convert only what they keep (``timestamp_reader``)."""
+    return type_coerce(column, NullType())
+
+
+@lru_cache(maxsize=8)
+def timestamp_reader(dialect: Dialect) -> Callable[[Any], datetime]:
+    """What ``UTCDateTime`` does to a fetched value on ``dialect``, for values fetched
+    ``unconverted``."""
+    process = UTCDateTime().result_processor(dialect, None)
+    assert process is not None
+    return process

@@ -52,6 +52,7 @@ from profilestore.crypto.service import SubjectCipher
 from profilestore.kit.bulk import Bulk
 from profilestore.kit.sql import rows
 from profilestore.kit.sqlexpr import any_value, decayed, greatest
+from profilestore.kit.sqltypes import timestamp_reader, unconverted
 from profilestore.purposes.rules import covers
 from profilestore.signals.evidence import Evidence, decay
 from profilestore.signals.models import Signal, SignalBucket, SignalValue
@@ -256,7 +257,7 @@ def recount(session: Session, settings: SignalSettings, subject_ids: Iterable[st
             func.sum(decayed(s.score, s.score_at, at, literal_column(repr(settings.half_life_days)))),
             at,
             func.sum(s.evidence),
-            func.max(s.last_seen),
+            unconverted(func.max(s.last_seen)),
         )
         .where(s.subject_id.in_(subject_ids))
         .group_by(s.subject_id, s.dimension, s.value_index)
@@ -371,7 +372,7 @@ def _read_statement(categories: frozenset[str]) -> Select[Any]:
             s.value_index,
             func.sum(decayed(s.score, s.score_at, now, bindparam("half_life", type_=Float()))),
             func.sum(s.evidence),
-            func.max(s.last_seen),
+            unconverted(func.max(s.last_seen)),
             # Every bucket of a value holds the same value, sealed for the value, not the bucket.
             any_value(s.value_ct),
         )
@@ -390,7 +391,7 @@ def _sums_statement() -> Select[Any]:
         v.value_index,
         decayed(v.score, v.score_at, now, bindparam("half_life", type_=Float())),
         v.evidence,
-        v.last_seen,
+        unconverted(v.last_seen),
         v.value_ct,
     ).where(v.subject_id == bindparam("subject_id"))
 
@@ -419,12 +420,15 @@ def read(
     decrypted, so the work done in Python stays near the size of the view.
     """
     params = {"subject_id": cipher.subject_id, "now": now, "half_life": settings.half_life_days, **permitted.params}
-    every_bucket = keeps_sums(session.get_bind().dialect.name) and all(
+    dialect = session.get_bind().dialect
+    every_bucket = keeps_sums(dialect.name) and all(
         permitted.admits(category, epoch) for category, epoch in rows(session, _BUCKETS, params)
     )
     statement = _READ_SUMS if every_bucket else _read_statement(permitted.categories)
-    # Rows are (dimension, index, score, evidence, last seen, sealed value); only those returned
-    # are made into anything.
+    # Rows are (dimension, index, score, evidence, last seen, sealed value), as the driver gives
+    # them: only those returned are made into anything, their timestamps included.
+    as_timestamp = timestamp_reader(dialect)
+    open_value = cipher.opener(TABLE, "value")
     by_dimension: dict[str, list[Sequence[Any]]] = {}
     for row in rows(session, statement, params):
         by_dimension.setdefault(row[0], []).append(row)
@@ -438,8 +442,8 @@ def read(
         floor = values[limit - 1][2] if len(values) > limit else None
         for _, index, score, evidence, last_seen, value_ct in values:
             if floor is None or score >= floor or bytes(index) in wanted:
-                value = cipher.decrypt(TABLE, "value", row_key(dimension, index), value_ct)
-                found.append(Behaviour(dimension, value.decode(), score, int(evidence), last_seen))
+                value = open_value(row_key(dimension, index), value_ct)
+                found.append(Behaviour(dimension, value.decode(), score, int(evidence), as_timestamp(last_seen)))
     return Reading(found, volumes)
 
 

@@ -210,6 +210,25 @@ def test_the_associated_data_names_table_column_subject_and_row(runtime: Runtime
     assert b"red" not in blob
 
 
+
+def test_an_opener_binds_its_table_column_and_subject_as_decrypt_does(runtime: Runtime) -> None:
+    with runtime.db.transaction() as session:
+        subject = identity.resolve(session, runtime.vault, runtime.settings, ADA, client_id=None)
+    assert subject is not None
+    cipher = runtime.vault.cipher(subject.subject_id)
+    blob = cipher.encrypt("signals", "value", "category|00ff", b"shoes")
+    open_value = cipher.opener("signals", "value")
+    assert open_value("category|00ff", blob) == b"shoes"
+    assert open_value("category|00ff", blob) == b"shoes"  # the key found again by the id the blob names
+    for opener, row in [
+        (open_value, "category|00fe"),
+        (cipher.opener("signals", "other"), "category|00ff"),
+        (cipher.opener("events", "value"), "category|00ff"),
+        (cipher.as_subject("sub_someone_else").opener("signals", "value"), "category|00ff"),
+    ]:
+        with pytest.raises(DecryptionError):
+            opener(row, blob)
+
 def test_the_blind_index_is_deterministic_per_kind_and_value_and_differs_across_kinds(runtime: Runtime) -> None:
     vault = runtime.vault
     first = vault.blind_index("email", "ada@example.com")
