@@ -30,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction, sessionmaker
 
 from profilestore.kit.sqltypes import UTCDateTime
@@ -113,12 +114,25 @@ def create_db_engine(
     def _on_begin(connection: Connection) -> None:
         options = connection.get_execution_options()
         if not options.get(_SESSION_BEGINS) and not options.get(_SINGLE_STATEMENT):
-            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            begin_sqlite(connection, "BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
 
 
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
+def begin_sqlite(connection: Connection, sql: str) -> None:
+    """Begin a SQLite transaction with ``sql`` on the driver's cursor. Every read session begins
+    once, and SQLAlchemy's execution path (``exec_driver_sql``) cost about 20 µs more than the
+    statement itself; errors are raised as SQLAlchemy would raise them."""
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(sql)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(sql, (), exc, sqlite3.Error) from exc
+    finally:
+        cursor.close()
 
 
 class Checkpointer:
@@ -231,7 +245,7 @@ class Database:
         assert self._lock is not None
         self._lock.acquire()
         try:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            begin_sqlite(connection, "BEGIN IMMEDIATE")
         except BaseException:
             self._lock.release()
             raise
