@@ -13,7 +13,7 @@ from profilestore.audit.models import AccessLogEntry
 from profilestore.db import Database
 from profilestore.kit.bulk import Bulk
 from profilestore.kit.chain import ChainWriter
-from profilestore.kit.ids import new_id
+from profilestore.kit.ids import new_id, new_ids
 from profilestore.kit.time import utcnow
 
 CHAIN = "access"
@@ -121,9 +121,9 @@ class AccessRecorder:
             with self._db.transaction() as session:
                 chain = ChainWriter(session, CHAIN)
                 rows = []
-                for item in batch:
+                for entry_id, item in zip(new_ids("acc", len(batch)), batch, strict=True):
                     entry = {
-                        "entry_id": new_id("acc"),
+                        "entry_id": entry_id,
                         "at": item["at"],
                         "client_id": item.get("client_id"),
                         "action": item["action"],

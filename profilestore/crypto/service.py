@@ -8,7 +8,6 @@ row, column or subject fails to decrypt instead of yielding someone else's data.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from collections.abc import Callable, Iterable
@@ -177,7 +176,7 @@ class Vault:
 
     def blind_index(self, kind: str, normalised: str) -> bytes:
         """HMAC-SHA256 of the kind and the normalised value: equal inputs, equal index; no value."""
-        return hmac.new(self.index_key, f"{kind}\x00{normalised}".encode(), hashlib.sha256).digest()
+        return hmac.digest(self.index_key, f"{kind}\x00{normalised}".encode(), "sha256")
 
     # -- data keys -------------------------------------------------------------------------------
 
