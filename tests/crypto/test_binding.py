@@ -210,7 +210,6 @@ def test_the_associated_data_names_table_column_subject_and_row(runtime: Runtime
     assert b"red" not in blob
 
 
-
 def test_an_opener_binds_its_table_column_and_subject_as_decrypt_does(runtime: Runtime) -> None:
     with runtime.db.transaction() as session:
         subject = identity.resolve(session, runtime.vault, runtime.settings, ADA, client_id=None)
@@ -228,6 +227,7 @@ def test_an_opener_binds_its_table_column_and_subject_as_decrypt_does(runtime: R
     ]:
         with pytest.raises(DecryptionError):
             opener(row, blob)
+
 
 def test_the_blind_index_is_deterministic_per_kind_and_value_and_differs_across_kinds(runtime: Runtime) -> None:
     vault = runtime.vault
