@@ -718,11 +718,11 @@ def py_spy(output: Path | None, pids: Sequence[int] = (), *, rate: int = 100, gi
             except subprocess.TimeoutExpired:
                 spy.kill()
                 spy.wait()
-    _merge_stacks(parts, output)
+    merge_stacks(parts, output)
     print(f"  profile (py-spy raw stacks of pid {', '.join(map(str, targets))}) written to {output}", file=sys.stderr)
 
 
-def _merge_stacks(parts: Sequence[Path], output: Path) -> None:
+def merge_stacks(parts: Sequence[Path], output: Path) -> None:
     """Sum the collapsed stacks (``frame;frame;… count`` lines) of several py-spy runs into one file."""
     counts: Counter[str] = Counter()
     for part in parts:

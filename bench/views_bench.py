@@ -7,20 +7,25 @@ CLI, ``profilestore serve --workers N``, in its own process tree; three visitors
 realistic shop events (``bench/events_bench.py``'s stream: ~30 categories, ~50 brands, prices)
 through ``POST /v1/events`` in 1,000-event batches.
 
+The bare FastAPI lookup (``bench/baseline_app.py``: one sync endpoint doing the same
+primary-key lookup, ``SELECT id, status FROM subjects WHERE id = ?``, through the product's
+``Database``) is served beside the service by uvicorn as the service is (its own process tree,
+the same number of workers, httptools, uvloop). This machine's speed drifts by half within
+minutes, so every phase is measured in turn with the others, never in a block of its own:
+
 1. **http, sequential**: ``GET /v1/subjects/{id}/view?purpose=personalize.content`` with a reader
-   key, one client (in a client process), ``--requests`` per subject: p50/p99.
+   key, one client (in a client process), ``--requests`` per subject and for the bare lookup, in
+   ``--rounds`` slices taken in turn: p50/p99.
 2. **http, concurrent**: ``--concurrency`` keep-alive clients, spread over ``--client-processes``
-   processes, for ``--seconds`` per subject: views/s and p50/p99. The clients are minimal socket
-   clients by default (``--client httpx`` for httpx), so that on two cores the load generator
-   does not take the CPU the server needs. The server's CPU (parent and workers) is measured.
-3. **in-process**, once the server has stopped: ``views.service.build`` called directly for
+   processes, for ``--seconds`` per subject and for the bare lookup, in ``--rounds`` slices taken
+   in turn: views/s and p50/p99. The clients are minimal socket clients by default (``--client
+   httpx`` for httpx), so that on two cores the load generator does not take the CPU the server
+   needs. The server's CPU (parent and workers) is measured.
+3. **in-process**, once the servers have stopped: ``views.service.build`` called directly for
    ``personalize.content``, as the router does (a read session per call, the runtime's access
-   recorder, its thread writing the access log), ``--iterations`` times per subject: p50/p99.
-   Beside it: the bare primary-key lookup of the subject row through the same sessionmaker.
-4. **baseline over HTTP**: ``bench/baseline_app.py``, a FastAPI app with one sync endpoint doing the
-   same primary-key lookup (``SELECT id, status FROM subjects WHERE id = ?``) through the product's
-   ``Database``, served by uvicorn as the service is (its own process tree, the same number of
-   workers, httptools, uvloop), measured with the same clients.
+   recorder, its thread writing the access log, the garbage collector settled as in a served
+   process), and the bare primary-key lookup of the subject row through the same sessionmaker,
+   call by call in turn, ``--iterations`` rounds: p50/p99.
 
 Run: ``.venv/bin/python bench/views_bench.py --help``.
 """
@@ -62,6 +67,7 @@ from bench.common import (  # noqa: E402
     Store,
     load_average,
     machine_info,
+    merge_stacks,
     open_store,
     process_cpu_seconds,
     py_spy,
@@ -74,6 +80,7 @@ from bench.workload import iso  # noqa: E402
 from profilestore.auth.service import Caller, authenticate  # noqa: E402
 from profilestore.db import Database  # noqa: E402
 from profilestore.identity.models import Subject  # noqa: E402
+from profilestore.kit import memory  # noqa: E402
 from profilestore.kit.time import utcnow  # noqa: E402
 from profilestore.runtime import Runtime  # noqa: E402
 from profilestore.signals.models import Signal, SignalValue  # noqa: E402
@@ -130,30 +137,50 @@ class Measured(Phase):
 
 
 def run_inprocess(
-    name: str, subject_events: int | None, call: Callable[[], object], iterations: int, warmup: int, deadline: float
-) -> Measured:
-    """``call`` ``warmup`` times untimed, then ``iterations`` times, each timed; this process's CPU
-    is the server's."""
-    phase = Measured(name, kind="inproc", subject_events=subject_events)
+    phases: Sequence[tuple[Measured, Callable[[], object]]], iterations: int, warmup: int, deadline: float
+) -> None:
+    """Each phase's call ``warmup`` times untimed, then ``iterations`` rounds in which every call
+    runs once, each timed, so that a machine whose speed drifts (this one's moves by half within
+    minutes) slows every phase alike and their ratios hold. A phase's seconds are those of its own
+    calls, and its CPU is this process's during them: it is the server's here."""
     for _ in range(warmup):
-        call()
-    cpu, wall = process_cpu_seconds(), time.perf_counter()
+        for _, call in phases:
+            call()
     for _ in range(iterations):
         if time.monotonic() > deadline:
             break
-        started = time.perf_counter()
-        try:
-            call()
-        except Exception as exc:  # counted and reported, never stops the run
-            phase.errors += 1
-            if len(phase.error_samples) < 5:
-                phase.error_samples.append(f"{type(exc).__name__}: {exc}"[:300])
-            continue
-        phase.latencies.append(time.perf_counter() - started)
-    phase.completed = len(phase.latencies)
-    phase.seconds = time.perf_counter() - wall
-    phase.server_cpu_seconds = process_cpu_seconds() - cpu
-    return phase
+        for phase, call in phases:
+            cpu, started = process_cpu_seconds(), time.perf_counter()
+            try:
+                call()
+            except Exception as exc:  # counted and reported, never stops the run
+                phase.errors += 1
+                if len(phase.error_samples) < 5:
+                    phase.error_samples.append(f"{type(exc).__name__}: {exc}"[:300])
+                continue
+            elapsed = time.perf_counter() - started
+            phase.latencies.append(elapsed)
+            phase.seconds += elapsed
+            phase.server_cpu_seconds = (phase.server_cpu_seconds or 0.0) + process_cpu_seconds() - cpu
+    for phase, _ in phases:
+        phase.completed = len(phase.latencies)
+
+
+def merged(parts: Sequence[Measured]) -> Measured:
+    """One phase from the rounds it was measured in."""
+    first = parts[0]
+    whole = Measured(first.name, kind=first.kind, subject_events=first.subject_events)
+    for part in parts:
+        whole.latencies.extend(part.latencies)
+        whole.completed += part.completed
+        whole.seconds += part.seconds
+        whole.errors += part.errors
+        whole.error_samples.extend(part.error_samples[: 5 - len(whole.error_samples)])
+        for attribute in ("server_cpu_seconds", "client_cpu_seconds"):
+            mine, theirs = getattr(whole, attribute), getattr(part, attribute)
+            if theirs is not None:
+                setattr(whole, attribute, (mine or 0.0) + theirs)
+    return whole
 
 
 # -- HTTP clients, in their own processes ------------------------------------------------------------
@@ -453,52 +480,81 @@ def bare_lookup(db: Database, subject_id: str) -> None:
 # -- the phases --------------------------------------------------------------------------------------
 
 
+@dataclass
+class Target:
+    """What one HTTP phase asks: a view of one subject, or the bare lookup."""
+
+    subject_events: int | None  # None for the bare lookup
+    server: ServedProcess
+    path: str
+    headers: dict[str, str]
+
+    def name(self, concurrency: int) -> str:
+        clients = f" x{concurrency}" if concurrency > 1 else ""
+        if self.subject_events is None:
+            return f"http bare PK lookup{clients}"
+        return f"http view{clients}, {self.subject_events} events"
+
+
 def http_phases(
-    clients: Clients, server: ServedProcess, profiles: Sequence[Profile], reader_key: str, args: argparse.Namespace
-) -> list[Measured]:
-    """Each subject's view over HTTP: one client, ``--requests`` each; then ``--concurrency``
-    clients for ``--seconds`` each (py-spy on the server's workers for the largest subject)."""
-    reader = {"Authorization": f"Bearer {reader_key}"}
-    phases = []
-    for p in profiles:
-        phases.append(
-            clients.run(
-                f"http view, {p.events} events",
-                "http",
-                p.events,
-                server,
-                p.view_path,
-                reader,
-                concurrency=1,
-                count=args.requests,
-                warmup=args.warmup,
-            )
-        )
-    for p in profiles:
-        profile = args.profile if p is profiles[-1] else None
-        with py_spy(profile, server.worker_pids(), gil=args.profile_gil):
-            phases.append(
-                clients.run(
-                    f"http view x{args.concurrency}, {p.events} events",
-                    "http-concurrent",
-                    p.events,
-                    server,
-                    p.view_path,
-                    reader,
-                    concurrency=args.concurrency,
-                    seconds=args.seconds,
-                    warmup=args.warmup // 5,
+    clients: Clients, targets: Sequence[Target], args: argparse.Namespace
+) -> tuple[list[Measured], list[Measured]]:
+    """Every target over HTTP, sequentially (one client, ``--requests`` each), then with
+    ``--concurrency`` clients (``--seconds`` each), each phase split into ``--rounds`` slices
+    taken in turn across the targets, so that the machine's drift falls on all of them alike
+    (py-spy records the largest subject's concurrent slices)."""
+    rounds = args.rounds
+    sequential: list[list[Measured]] = [[] for _ in targets]
+    concurrent: list[list[Measured]] = [[] for _ in targets]
+    largest = max((t for t in targets if t.subject_events is not None), key=lambda t: t.subject_events or 0)
+    for r in range(rounds):
+        for t, parts in zip(targets, sequential, strict=True):
+            count = args.requests // rounds + (r < args.requests % rounds)
+            if count:
+                parts.append(
+                    clients.run(
+                        t.name(1),
+                        "http",
+                        t.subject_events,
+                        t.server,
+                        t.path,
+                        t.headers,
+                        concurrency=1,
+                        count=count,
+                        warmup=args.warmup if r == 0 else args.warmup // 5,
+                    )
                 )
-            )
-    return phases
+    profiled = [args.profile.with_name(f"{args.profile.name}.r{r}") for r in range(rounds)] if args.profile else []
+    for r in range(rounds):
+        for t, parts in zip(targets, concurrent, strict=True):
+            profile = profiled[r] if profiled and t is largest else None
+            with py_spy(profile, t.server.worker_pids(), gil=args.profile_gil):
+                parts.append(
+                    clients.run(
+                        t.name(args.concurrency),
+                        "http-concurrent",
+                        t.subject_events,
+                        t.server,
+                        t.path,
+                        t.headers,
+                        concurrency=args.concurrency,
+                        seconds=args.seconds / rounds,
+                        warmup=args.warmup // 5,
+                    )
+                )
+    if profiled:
+        merge_stacks(profiled, args.profile)
+    return [merged(parts) for parts in sequential], [merged(parts) for parts in concurrent]
 
 
 def inprocess_phases(
     runtime: Runtime, profiles: Sequence[Profile], reader_key: str, args: argparse.Namespace
 ) -> tuple[list[Measured], Measured]:
-    """Each subject's view built in this process, then the bare primary-key lookup of the subject
-    rows through the same sessionmaker. The access recorder's thread writes the reads to the access
-    log meanwhile, as it does in a server."""
+    """Each subject's view built in this process, and the bare primary-key lookup of the subject
+    rows through the same sessionmaker, call by call in turn. The process is set up as a serving
+    one is: its garbage collector settled (``kit.memory``), the access recorder's thread writing
+    the reads to the access log meanwhile."""
+    memory.settle()
     runtime.recorder.start()
     with runtime.db.read_session() as session:
         caller = authenticate(session, reader_key)
@@ -508,62 +564,25 @@ def inprocess_phases(
         view = view_once(runtime, caller, q, p.subject_id)
         if not view.personalised or not view.signals:
             raise RuntimeError(f"the {p.events}-event subject's in-process view is not personalised: {view}")
-    phases = [
-        run_inprocess(
-            f"in-process view, {p.events} events",
-            p.events,
-            functools.partial(view_once, runtime, caller, q, p.subject_id),
-            args.iterations,
-            args.warmup,
-            time.monotonic() + args.max_seconds,
-        )
-        for p in profiles
-    ]
+    phases = [Measured(f"in-process view, {p.events} events", kind="inproc", subject_events=p.events) for p in profiles]
+    bare = Measured("in-process bare PK lookup", kind="inproc")
     subject_ids = [p.subject_id for p in profiles]
     cursor = iter(range(10**12))
-    bare = run_inprocess(
-        "in-process bare PK lookup",
-        None,
-        lambda: bare_lookup(runtime.db, subject_ids[next(cursor) % len(subject_ids)]),
-        args.iterations,
-        args.warmup,
-        time.monotonic() + args.max_seconds,
-    )
+    calls: list[tuple[Measured, Callable[[], object]]] = [
+        (phase, functools.partial(view_once, runtime, caller, q, p.subject_id))
+        for phase, p in zip(phases, profiles, strict=True)
+    ]
+    calls.append((bare, lambda: bare_lookup(runtime.db, subject_ids[next(cursor) % len(subject_ids)])))
+    run_inprocess(calls, args.iterations, args.warmup, time.monotonic() + args.max_seconds)
     return phases, bare
 
 
-def baseline_phases(
-    clients: Clients, store: Store, subject_id: str, args: argparse.Namespace
-) -> tuple[Measured, Measured]:
-    """``bench/baseline_app.py`` served as the service is (uvicorn, ``--workers``, httptools, uvloop)
-    over the store's data database: one client, then ``--concurrency``, on one subject's row."""
+def baseline_server(store: Store, args: argparse.Namespace) -> ServedProcess:
+    """``bench/baseline_app.py`` served as the service is (uvicorn, ``--workers``, httptools,
+    uvloop) over the store's data database; it runs beside the service, so that the two are
+    measured in turn."""
     env = {DATABASE_URL_ENV: store.settings.resolved_database_url}
-    path = f"/subjects/{subject_id}"
-    served = ServedProcess.uvicorn_app("bench.baseline_app:create_app", env, workers=args.workers, log_dir=store.tmp)
-    with served as bare:
-        sequential = clients.run(
-            "http bare PK lookup",
-            "http",
-            None,
-            bare,
-            path,
-            {},
-            concurrency=1,
-            count=args.requests,
-            warmup=args.warmup,
-        )
-        concurrent = clients.run(
-            f"http bare PK lookup x{args.concurrency}",
-            "http-concurrent",
-            None,
-            bare,
-            path,
-            {},
-            concurrency=args.concurrency,
-            seconds=args.seconds,
-            warmup=args.warmup // 5,
-        )
-    return sequential, concurrent
+    return ServedProcess.uvicorn_app("bench.baseline_app:create_app", env, workers=args.workers, log_dir=store.tmp)
 
 
 # -- report ------------------------------------------------------------------------------------------
@@ -649,6 +668,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="load generator: a minimal keep-alive socket client (default) or httpx.Client",
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each concurrent phase (default 10)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="slices each HTTP phase is cut into, taken in turn across the subjects and the bare lookup (default 5)",
+    )
     parser.add_argument("--warmup", type=int, default=50, help="untimed calls per subject and client first (50)")
     parser.add_argument("--seed", type=int, default=1, help="workload seed (default 1)")
     parser.add_argument("--json-out", type=Path, help="also write the JSON result to this file")
@@ -670,8 +695,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--sizes takes comma-separated numbers of events")
     if not args.sizes or min(args.sizes) < 1:
         parser.error("--sizes must name at least one positive number of events")
-    if min(args.iterations, args.requests, args.concurrency, args.client_processes, args.workers) < 1:
-        parser.error("--iterations, --requests, --concurrency, --client-processes and --workers must be at least 1")
+    if min(args.iterations, args.requests, args.concurrency, args.client_processes, args.workers, args.rounds) < 1:
+        parser.error(
+            "--iterations, --requests, --concurrency, --client-processes, --workers and --rounds must be at least 1"
+        )
     if args.warmup < 0:
         parser.error("--warmup must be at least 0")
     if not 0 < args.seconds <= 600:
@@ -705,17 +732,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             profiles = populate(store, server.url, args.sizes, args.seed, time.monotonic() + args.max_seconds)
             setup_s = time.perf_counter() - t0
             check_views(server.url, {"Authorization": f"Bearer {reader_key}"}, profiles)
-            print(f"  populated in {setup_s:.1f}s; http views, sequential then concurrent", file=sys.stderr)
-            http = http_phases(clients, server, profiles, reader_key, args)
+            print(f"  populated in {setup_s:.1f}s; http views and the bare lookup, in turn", file=sys.stderr)
+            with baseline_server(store, args) as bare:
+                reader = {"Authorization": f"Bearer {reader_key}"}
+                asked = [Target(p.events, server, p.view_path, reader) for p in profiles]
+                asked.append(Target(None, bare, f"/subjects/{profiles[-1].subject_id}", {}))
+                sequential, concurrent = http_phases(clients, asked, args)
+        *http_views, http_bare = sequential
+        *concurrent_views, concurrent_bare = concurrent
+        http = [*http_views, *concurrent_views]
 
-        # The server has stopped: this process is the store's only user for the in-process phases.
-        print("  in-process views", file=sys.stderr)
+        # The servers have stopped: this process is the store's only user for the in-process phases.
+        print("  in-process views and the bare lookup, in turn", file=sys.stderr)
         runtime = store.runtime
         count_signals(runtime, profiles)
         inproc, inproc_bare = inprocess_phases(runtime, profiles, reader_key, args)
 
-        print("  the bare FastAPI primary-key lookup", file=sys.stderr)
-        http_bare, concurrent_bare = baseline_phases(clients, store, profiles[-1].subject_id, args)
         with runtime.db.engine.connect() as conn:
             rows = row_counts(conn, ("subjects", "events", "signals", "signal_values", "preferences", "access_log"))
         machine = machine_info(store.backend, store.tmp, store.postgres)
@@ -742,6 +774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "client_processes": args.client_processes,
             "client": args.client,
             "seconds": args.seconds,
+            "rounds": args.rounds,
             "warmup": args.warmup,
             "seed": args.seed,
             "backend": backend,
