@@ -220,10 +220,10 @@ def _append(
             client_id=client_id,
             evidence_ct=cipher.encrypt(TABLE, "evidence", record_id, evidence) if evidence else None,
         )
-        link = chain.append(_content(row))
+        written.append(row)
+    for row, link in zip(written, chain.extend(_content(row) for row in written), strict=True):
         row.seq, row.prev_hash, row.hash = link.seq, link.prev_hash, link.hash
         session.add(row)
-        written.append(row)
     session.flush()
     for purpose in {p for p, _, _ in decisions}:
         _recompute(session, subject_id, lineage, purpose)

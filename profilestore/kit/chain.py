@@ -3,7 +3,8 @@
 Each entry's hash covers its canonical content and the previous entry's hash; a head row per chain
 holds the last sequence number and hash, so truncating the tail is detected as well as editing or
 deleting a row. Appending locks the head row, which serialises appends to one chain: acceptable for
-consent decisions, which arrive at human speed.
+consent decisions, which arrive at human speed, and for the access log, which appends its reads in
+batches (``ChainWriter.extend``: one head update per batch).
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import BigInteger, String, select
+from sqlalchemy import BigInteger, String, Table, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from profilestore.db import Base
+from profilestore.kit.bulk import Bulk
+from profilestore.kit.sql import rows
 from profilestore.kit.time import isoformat, utcnow
 
 GENESIS = "0" * 64
@@ -44,14 +47,41 @@ def _canonical(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} has no canonical form in a chain entry")
 
 
+# ``json.dumps`` with options builds an encoder per call; the access log hashes thousands of
+# entries a second.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=_canonical)
+
+
 def entry_hash(prev_hash: str, content: dict[str, Any]) -> str:
     """SHA-256 over the previous hash and the canonical JSON of ``content``.
 
     Bytes (ciphertexts) enter by their own SHA-256, so the chain stays verifiable after the keys
     that could decrypt them are shredded.
     """
-    body = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=_canonical)
+    body = _CANONICAL_JSON.encode(content)
     return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Canonical:
+    """An entry's canonical JSON (as ``entry_hash`` encodes ``{"seq": …, **content}``) cut where
+    its sequence number goes, so that it can be encoded before the chain's head is locked: the
+    access log encodes each read as it is recorded, and its writer only fills in the numbers."""
+
+    before: str  # the keys that sort before "seq", from the opening brace
+    after: str  # the keys that sort after it, to the closing brace
+
+    @classmethod
+    def of(cls, content: dict[str, Any]) -> Canonical:
+        if "seq" in content:
+            raise ValueError("a chain entry's content has no 'seq': the chain numbers it")
+        before = _CANONICAL_JSON.encode({k: v for k, v in content.items() if k < "seq"})[:-1]
+        after = _CANONICAL_JSON.encode({k: v for k, v in content.items() if k > "seq"})[1:]
+        return cls(before if before == "{" else before + ",", after if after == "}" else "," + after)
+
+    def hash(self, prev_hash: str, seq: int) -> str:
+        """``entry_hash(prev_hash, {"seq": seq, **content})``."""
+        return hashlib.sha256(f'{prev_hash}\n{self.before}"seq":{seq:d}{self.after}'.encode()).hexdigest()
 
 
 @dataclass
@@ -61,25 +91,50 @@ class Link:
     hash: str
 
 
+_HEADS = cast(Table, ChainHead.__table__)
+# The head, locked until the transaction ends (PostgreSQL; SQLite's writer lock serialises anyway).
+_LOCK_HEAD = select(_HEADS.c.seq, _HEADS.c.hash).where(_HEADS.c.name == bindparam("name")).with_for_update()
+_CREATE_HEAD = Bulk(
+    lambda dialect: (pg_insert if dialect == "postgresql" else sqlite_insert)(_HEADS).on_conflict_do_nothing()
+)
+_MOVE_HEAD = Bulk(
+    lambda _: update(_HEADS)
+    .where(_HEADS.c.name == bindparam("head"))
+    .values(seq=bindparam("seq"), hash=bindparam("hash"), updated_at=bindparam("updated_at"))
+)
+
+
 class ChainWriter:
-    """Appends to one chain inside the caller's transaction, holding the head row's lock."""
+    """Appends to one chain inside the caller's transaction, holding the head row's lock. Each
+    ``append`` or ``extend`` leaves the head row at the last entry it wrote."""
 
     def __init__(self, session: Session, name: str) -> None:
         self._session = session
-        # Create the head on the chain's first append. Racing first appends (PostgreSQL) must not
-        # fail on its primary key: insert-or-ignore, then lock whichever row won.
-        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-        session.execute(
-            insert(ChainHead).values(name=name, seq=0, hash=GENESIS, updated_at=utcnow()).on_conflict_do_nothing()
-        )
-        self._head = session.scalars(select(ChainHead).where(ChainHead.name == name).with_for_update()).one()
+        self._name = name
+        found = rows(session, _LOCK_HEAD, {"name": name})
+        if not found:
+            # The chain's first append. Racing first appends (PostgreSQL) must not fail on its
+            # primary key: insert-or-ignore, then lock whichever row won.
+            _CREATE_HEAD.execute(session, [{"name": name, "seq": 0, "hash": GENESIS, "updated_at": utcnow()}])
+            found = rows(session, _LOCK_HEAD, {"name": name})
+        self._seq, self._hash = found[0]
 
     def append(self, content: dict[str, Any]) -> Link:
-        prev = self._head.hash
-        seq = self._head.seq + 1
-        digest = entry_hash(prev, {"seq": seq, **content})
-        self._head.seq, self._head.hash, self._head.updated_at = seq, digest, utcnow()
-        return Link(seq=seq, prev_hash=prev, hash=digest)
+        return self.extend([content])[0]
+
+    def extend(self, contents: Iterable[dict[str, Any] | Canonical]) -> list[Link]:
+        """Append several entries (their content, or its ``Canonical`` form made beforehand), in
+        order, and move the head once."""
+        links = []
+        for content in contents:
+            canonical = content if isinstance(content, Canonical) else Canonical.of(content)
+            prev, seq = self._hash, self._seq + 1
+            self._seq, self._hash = seq, canonical.hash(prev, seq)
+            links.append(Link(seq=seq, prev_hash=prev, hash=self._hash))
+        if links:
+            head = {"head": self._name, "seq": self._seq, "hash": self._hash, "updated_at": utcnow()}
+            _MOVE_HEAD.execute(self._session, [head])
+        return links
 
 
 @dataclass
