@@ -31,7 +31,10 @@ def run(metadata: MetaData, *, url_setting: str, version_table: str) -> None:
             context.run_migrations()
         return
 
-    engine = create_db_engine(url)
+    # Migrations write: on SQLite take the write lock at BEGIN. A deferred transaction that first
+    # read the version table failed at its first write (SQLITE_BUSY_SNAPSHOT, at once, no waiting)
+    # whenever another connection, such as a serving process's access-log writer, committed between.
+    engine = create_db_engine(url, immediate=True)
     try:
         with engine.connect() as conn:
             context.configure(connection=conn, **options)
