@@ -257,7 +257,7 @@ def recount(session: Session, settings: SignalSettings, subject_ids: Iterable[st
             func.sum(decayed(s.score, s.score_at, at, literal_column(repr(settings.half_life_days)))),
             at,
             func.sum(s.evidence),
-            unconverted(func.max(s.last_seen)),
+            func.max(s.last_seen),
         )
         .where(s.subject_id.in_(subject_ids))
         .group_by(s.subject_id, s.dimension, s.value_index)
