@@ -98,9 +98,11 @@ _CREATE_HEAD = Bulk(
     lambda dialect: (pg_insert if dialect == "postgresql" else sqlite_insert)(_HEADS).on_conflict_do_nothing()
 )
 _MOVE_HEAD = Bulk(
-    lambda _: update(_HEADS)
-    .where(_HEADS.c.name == bindparam("head"))
-    .values(seq=bindparam("seq"), hash=bindparam("hash"), updated_at=bindparam("updated_at"))
+    lambda _: (
+        update(_HEADS)
+        .where(_HEADS.c.name == bindparam("head"))
+        .values(seq=bindparam("seq"), hash=bindparam("hash"), updated_at=bindparam("updated_at"))
+    )
 )
 
 
