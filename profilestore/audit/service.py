@@ -32,6 +32,25 @@ def _content(entry: AccessLogEntry) -> dict[str, Any]:
     }
 
 
+def _new_entry(
+    client_id: str | None,
+    action: str,
+    subject_id: str | None,
+    purpose: str | None,
+    detail: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """An entry's content, exactly the fields its chain hash covers (``_content``)."""
+    return {
+        "entry_id": new_id("acc"),
+        "at": utcnow(),
+        "client_id": client_id,
+        "action": action,
+        "subject_id": subject_id,
+        "purpose": purpose,
+        "detail": detail or {},
+    }
+
+
 def log(
     session: Session,
     *,
@@ -43,18 +62,9 @@ def log(
 ) -> None:
     """Append an entry in the caller's transaction: it commits (or not) with what it records.
     ``detail`` must never hold personal values: ids, counts and field names only."""
-    entry = AccessLogEntry(
-        entry_id=new_id("acc"),
-        at=utcnow(),
-        client_id=client_id,
-        action=action,
-        subject_id=subject_id,
-        purpose=purpose,
-        detail=detail or {},
-    )
-    link = ChainWriter(session, CHAIN).append(_content(entry))
-    entry.seq, entry.prev_hash, entry.hash = link.seq, link.prev_hash, link.hash
-    session.add(entry)
+    content = _new_entry(client_id, action, subject_id, purpose, detail)
+    link = ChainWriter(session, CHAIN).append(content)
+    session.add(AccessLogEntry(**content, seq=link.seq, prev_hash=link.prev_hash, hash=link.hash))
     session.flush()
 
 
@@ -94,15 +104,7 @@ class AccessRecorder:
         purpose: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        entry = {
-            "entry_id": new_id("acc"),
-            "at": utcnow(),
-            "client_id": client_id,
-            "action": action,
-            "subject_id": subject_id,
-            "purpose": purpose,
-            "detail": detail or {},
-        }
+        entry = _new_entry(client_id, action, subject_id, purpose, detail)
         # Encoded for its hash here, on the reading request's own time. Done by the writer's
         # thread, the encoding of a fifth of a second's reads held the GIL, and a view served by
         # the same process meanwhile waited for it (15-20 ms, the slowest reads in a thousand).
