@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
 from operator import itemgetter
@@ -206,9 +206,11 @@ class SignalWriter:
         )
 
     def flush(self, session: Session, ciphers: Mapping[str, SubjectCipher]) -> int:
-        """Write the evidence added so far; returns the number of bucket rows touched."""
+        """Write the bucket rows of the evidence added so far, for a rebuild; returns how many.
+        The values' sums and the bucket list are left to ``recount``, which the rebuild runs
+        next and which counts them again from every bucket anyway."""
         prepared = self.prepare(ciphers, session.get_bind().dialect)
-        write(session, prepared)
+        write(session, replace(prepared, per_value=[], buckets=[]))
         self.pending.clear()
         return len(prepared.per_bucket)
 
