@@ -68,7 +68,7 @@ def rank(
         seen = behaved.get(dimension, {})
         said = declared.get(dimension, {})
         volume = volumes.get(dimension, 0) if volumes is not None else sum(b.evidence for b in seen.values())
-        # Behaviour first, by score, then value; positional tuples, as a view makes one per value.
+        # Behaviour first, by score, then value (built positionally: a view makes one per value).
         signals = sorted(
             (
                 RankedSignal(value, b.score, BEHAVIOURAL, b.evidence, b.last_seen, False)

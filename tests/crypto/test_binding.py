@@ -16,7 +16,7 @@ from sqlalchemy import bindparam, select, text
 from profilestore.config import Settings
 from profilestore.consent import service as consent
 from profilestore.crypto.keyring import encode_master_key, generate_master_key
-from profilestore.crypto.service import DecryptionError
+from profilestore.crypto.service import DecryptionError, SubjectCipher
 from profilestore.identity import service as identity
 from profilestore.identity.models import Identifier
 from profilestore.preferences import service as preferences
@@ -192,11 +192,15 @@ def test_a_truncated_ciphertext_of_any_length_fails_as_a_decryption_error(
         _read_preferences(runtime, ada)
 
 
-def test_the_associated_data_names_table_column_subject_and_row(runtime: Runtime) -> None:
+def _cipher_of_a_new_subject(runtime: Runtime) -> SubjectCipher:
     with runtime.db.transaction() as session:
         subject = identity.resolve(session, runtime.vault, runtime.settings, ADA, client_id=None)
     assert subject is not None
-    cipher = runtime.vault.cipher(subject.subject_id)
+    return runtime.vault.cipher(subject.subject_id)
+
+
+def test_the_associated_data_names_table_column_subject_and_row(runtime: Runtime) -> None:
+    cipher = _cipher_of_a_new_subject(runtime)
     blob = cipher.encrypt("preferences", "value", "pref_1", b'"red"')
     assert cipher.decrypt("preferences", "value", "pref_1", blob) == b'"red"'
     for table, column, row, bound in [
@@ -211,10 +215,7 @@ def test_the_associated_data_names_table_column_subject_and_row(runtime: Runtime
 
 
 def test_an_opener_binds_its_table_column_and_subject_as_decrypt_does(runtime: Runtime) -> None:
-    with runtime.db.transaction() as session:
-        subject = identity.resolve(session, runtime.vault, runtime.settings, ADA, client_id=None)
-    assert subject is not None
-    cipher = runtime.vault.cipher(subject.subject_id)
+    cipher = _cipher_of_a_new_subject(runtime)
     blob = cipher.encrypt("signals", "value", "category|00ff", b"shoes")
     open_value = cipher.opener("signals", "value")
     assert open_value("category|00ff", blob) == b"shoes"
