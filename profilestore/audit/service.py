@@ -77,6 +77,11 @@ def entries_for(session: Session, subject_ids: list[str]) -> list[AccessLogEntry
 
 
 _INSERT_ENTRIES = Bulk(lambda _: insert(cast(Table, AccessLogEntry.__table__)))
+# Access-log rows per INSERT statement. SQLite's driver gives up the GIL and takes it back around
+# each statement it steps (each row, in an ``executemany``), and every time the writer took it back
+# it held up a view served meanwhile; a flush of a fifth of a second's reads (600 rows) is now two
+# statements (bench/README.md, 2026-12-01, late).
+_ROWS_PER_STATEMENT = 500
 
 
 class AccessRecorder:
@@ -88,7 +93,7 @@ class AccessRecorder:
         self._db = db
         self._interval = interval
         self._max_batch = max_batch
-        self._pending: list[tuple[dict[str, Any], Canonical]] = []
+        self._pending: list[tuple[Any, Canonical]] = []  # (driver row, canonical form)
         self._lock = threading.Lock()
         self._writing = threading.Lock()  # one flush at a time: a flush returns only when written
         self._wake = threading.Event()
@@ -105,10 +110,11 @@ class AccessRecorder:
         detail: dict[str, Any] | None = None,
     ) -> None:
         entry = _new_entry(client_id, action, subject_id, purpose, detail)
-        # Encoded for its hash here, on the reading request's own time. Done by the writer's
-        # thread, the encoding of a fifth of a second's reads held the GIL, and a view served by
-        # the same process meanwhile waited for it (15-20 ms, the slowest reads in a thousand).
-        recorded = (entry, Canonical.of(entry))
+        # Encoded for its hash, and converted for the driver, here, on the reading request's own
+        # time: the writer's thread only numbers, hashes and inserts. Work done there holds the
+        # GIL, and a view served by the same process meanwhile waits for it.
+        row = _INSERT_ENTRIES.row(self._db.engine.dialect, {**entry, "seq": 0, "prev_hash": "", "hash": ""})
+        recorded = (row, Canonical.of(entry))
         with self._lock:
             self._pending.append(recorded)
             full = len(self._pending) >= self._max_batch
@@ -145,15 +151,15 @@ class AccessRecorder:
                 raise
             return len(batch)
 
-    def _write(self, batch: list[tuple[dict[str, Any], Canonical]]) -> None:
+    def _write(self, batch: list[tuple[Any, Canonical]]) -> None:
         with self._db.transaction() as session:
             links = ChainWriter(session, CHAIN).extend(canonical for _, canonical in batch)
-            rows = [
-                {**entry, "seq": link.seq, "prev_hash": link.prev_hash, "hash": link.hash}
-                for (entry, _), link in zip(batch, links, strict=True)
-            ]
+            dialect = session.get_bind().dialect
+            seq, prev_hash, hash_ = (_INSERT_ENTRIES.slot(dialect, c) for c in ("seq", "prev_hash", "hash"))
+            for (row, _), link in zip(batch, links, strict=True):
+                row[seq], row[prev_hash], row[hash_] = link.seq, link.prev_hash, link.hash
             # In bulk: at thousands of reads a second, ORM objects cost more than the reads.
-            _INSERT_ENTRIES.execute(session, rows)
+            _INSERT_ENTRIES.execute_params(session, [row for row, _ in batch], rows_per_statement=_ROWS_PER_STATEMENT)
 
     def close(self) -> None:
         self._stopped.set()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import chain
 from operator import itemgetter
 from typing import Any, cast
 
@@ -93,15 +95,56 @@ class Bulk:
             return list(values)
         return [dict(zip(compiled.names, row, strict=True)) for row in values]
 
+    def row(self, dialect: Dialect, row: Mapping[str, Any]) -> Any:
+        """One row's driver parameters, converted as ``params`` converts them, and mutable: a
+        column whose value is known only later can be filled in at its ``slot``."""
+        compiled = self._for(dialect)
+        values = list(compiled.values(row))
+        for position, process in compiled.processed:
+            values[position] = process(values[position])
+        return values if compiled.positional else dict(zip(compiled.names, values, strict=True))
+
+    def slot(self, dialect: Dialect, column: str) -> int | str:
+        """Where ``column`` is in a row from ``row``: its position, or its name."""
+        compiled = self._for(dialect)
+        return compiled.names.index(column) if compiled.positional else column
+
     def execute(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
         """Write ``rows``; returns the number of rows the database reports written (an insert that
         a conflict skipped is not)."""
         return self.execute_params(session, self.params(session.get_bind().dialect, rows))
 
-    def execute_params(self, session: Session, params: Sequence[Any]) -> int:
-        """Write rows given as ``params`` (from ``params``, for this session's dialect)."""
+    def execute_params(self, session: Session, params: Sequence[Any], *, rows_per_statement: int = 1) -> int:
+        """Write rows given as ``params`` (from ``params``, for this session's dialect).
+
+        With ``rows_per_statement`` above one, a driver with positional parameters (SQLite) is
+        given that many rows per statement instead of one ``executemany``: SQLite's driver lets
+        the GIL go and takes it back around every row it steps, and each hand-over made whatever
+        else the process was serving wait (``_rows_sql``)."""
         if not params:
             return 0
         session.flush()  # as session.execute would: pending ORM rows first
         connection = session.connection()
-        return int(connection.exec_driver_sql(self._for(connection.dialect).sql, list(params)).rowcount)
+        compiled = self._for(connection.dialect)
+        if rows_per_statement <= 1 or not compiled.positional:
+            # SQLAlchemy takes positional rows as tuples only; rows from ``row`` are lists.
+            rows = [tuple(p) for p in params] if type(params[0]) is list else list(params)
+            return int(connection.exec_driver_sql(compiled.sql, rows).rowcount)
+        written = 0
+        for start in range(0, len(params), rows_per_statement):
+            part = params[start : start + rows_per_statement]
+            statement = _rows_sql(compiled.sql, len(part))
+            written += int(connection.exec_driver_sql(statement, tuple(chain.from_iterable(part))).rowcount)
+        return written
+
+
+@lru_cache(maxsize=64)
+def _rows_sql(single: str, rows: int) -> str:
+    """``single``, an ``INSERT ... VALUES (?, ...)`` of one row (an ``ON CONFLICT`` clause may
+    follow), made to insert ``rows`` rows."""
+    head, keyword, rest = single.partition(" VALUES (")
+    placeholders, closed, tail = rest.partition(")")
+    if not keyword or not closed or set(placeholders) - set("?, "):
+        raise ValueError(f"not a one-row INSERT with positional parameters: {single[:80]}")
+    row = f"({placeholders})"
+    return f"{head} VALUES {', '.join([row] * rows)}{tail}"

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
 
 from profilestore.app import create_app
 from profilestore.audit.models import AccessLogEntry
@@ -302,3 +303,50 @@ def test_the_audit_includes_a_read_the_background_flusher_is_still_writing(
     assert [e["action"] for e in entries].count("view.read") == 1
     runtime.recorder.close()
     assert [e["action"] for e in _audit(api, keys, subject)].count("view.read") == 1  # it was never lost
+
+
+def _record_reads(runtime: Runtime, subjects: list[str]) -> None:
+    for subject in subjects:
+        runtime.recorder.record(
+            client_id="cli_test", action="view.read", subject_id=subject, purpose=VIEW_PURPOSE, detail={"n": subject}
+        )
+
+
+def test_a_flush_larger_than_one_insert_keeps_every_read_in_order_on_one_chain(runtime: Runtime) -> None:
+    quiet_runtime = _quiet_runtime(runtime)  # its recorder writes only when told to
+    subjects = [f"sub_{i:022d}" for i in range(1201)]  # more than one INSERT's rows, and its max batch
+    try:
+        _record_reads(quiet_runtime, subjects)
+        assert quiet_runtime.recorder.flush() == len(subjects)
+    finally:
+        quiet_runtime.close()
+
+    reads = _view_reads(runtime)
+    assert [r["subject_id"] for r in reads] == subjects
+    assert [r["detail"] for r in reads] == [{"n": s} for s in subjects]
+    verified = _verify(runtime)
+    assert verified.ok and verified.records == len(subjects)
+
+
+def test_a_failed_flush_keeps_its_reads_and_the_next_one_writes_them(runtime: Runtime) -> None:
+    quiet_runtime = _quiet_runtime(runtime)
+    subjects = [f"sub_{i:022d}" for i in range(3)]
+    # A row squatting on the sequence number the flush will use makes its insert fail for real.
+    squatter = text(
+        "INSERT INTO access_log (entry_id, seq, at, action, detail, prev_hash, hash) "
+        "VALUES ('acc_squatter', 1, '2026-01-01 00:00:00', 'x', '{}', '', '')"
+    )
+    try:
+        with runtime.db.transaction() as session:
+            session.execute(squatter)
+        _record_reads(quiet_runtime, subjects)
+        with pytest.raises(IntegrityError):
+            quiet_runtime.recorder.flush()
+        with runtime.db.transaction() as session:
+            session.execute(text("DELETE FROM access_log WHERE entry_id = 'acc_squatter'"))
+        assert quiet_runtime.recorder.flush() == len(subjects)
+    finally:
+        quiet_runtime.close()
+
+    assert [r["subject_id"] for r in _view_reads(runtime)] == subjects
+    assert _verify(runtime).ok
