@@ -399,7 +399,7 @@ def _sums_statement() -> Select[Any]:
 
 
 _READ_SUMS = _sums_statement()
-_score = itemgetter(2)
+_score, _evidence = itemgetter(2), itemgetter(3)
 _BUCKETS = select(SignalBucket.category, SignalBucket.epoch).where(SignalBucket.subject_id == bindparam("subject_id"))
 
 
@@ -434,18 +434,20 @@ def read(
     by_dimension: dict[str, list[Sequence[Any]]] = {}
     for row in rows(session, statement, params):
         by_dimension.setdefault(row[0], []).append(row)
-    wanted = set(also)
+    wanted = {bytes(index) for index in also}
     found, volumes = [], {}
     for dimension, values in by_dimension.items():
-        volumes[dimension] = sum(int(row[3]) for row in values)
+        volumes[dimension] = sum(map(_evidence, values))
         values.sort(key=_score, reverse=True)
-        # Keep every value tied with the last one kept: the ranking breaks ties by value, which
-        # only the decrypted values show.
-        floor = values[limit - 1][2] if len(values) > limit else None
-        for _, index, score, evidence, last_seen, value_ct in values:
-            if floor is None or score >= floor or bytes(index) in wanted:
-                value = open_value(row_key(dimension, index), value_ct)
-                found.append(Behaviour(dimension, value.decode(), score, int(evidence), as_timestamp(last_seen)))
+        kept = values[:limit]
+        if len(values) > limit:
+            # Keep every value tied with the last one kept (the ranking breaks ties by value,
+            # which only the decrypted values show), and the values asked for by index.
+            floor = kept[-1][2]
+            kept += [row for row in values[limit:] if row[2] >= floor or bytes(row[1]) in wanted]
+        for _, index, score, evidence, last_seen, value_ct in kept:
+            value = open_value(row_key(dimension, index), value_ct).decode()
+            found.append(Behaviour(dimension, value, score, evidence, as_timestamp(last_seen)))
     return Reading(found, volumes)
 
 

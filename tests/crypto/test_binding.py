@@ -228,6 +228,10 @@ def test_an_opener_binds_its_table_column_and_subject_as_decrypt_does(runtime: R
     ]:
         with pytest.raises(DecryptionError):
             opener(row, blob)
+    # Under a key already opened: a broken tag, another version, a truncated blob.
+    for damaged in (blob[:-1] + bytes([blob[-1] ^ 1]), b"\x02" + blob[1:], blob[:40]):
+        with pytest.raises(DecryptionError):
+            open_value("category|00ff", damaged)
 
 
 def test_the_blind_index_is_deterministic_per_kind_and_value_and_differs_across_kinds(runtime: Runtime) -> None:
