@@ -464,7 +464,7 @@ def count_signals(runtime: Runtime, profiles: Sequence[Profile]) -> None:
 
 def view_once(runtime: Runtime, caller: Caller, q: views.ViewQuery, subject_id: str) -> ViewOut:
     """One view, exactly as ``GET /v1/subjects/{id}/view`` builds it (minus HTTP and JSON)."""
-    session = runtime.db.read_session()
+    session = runtime.db.read_session(transaction=False)
     try:
         return views.build(session, runtime.vault, runtime.settings, caller, q, subject_id, runtime.recorder, utcnow())
     finally:

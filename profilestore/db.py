@@ -238,6 +238,10 @@ class Database:
         write_bind = self.engine.execution_options(**{_SESSION_BEGINS: True}) if self.is_sqlite else self.engine
         self._writer = sessionmaker(write_bind, expire_on_commit=False, autoflush=True)
         self._reader = sessionmaker(self.read_engine, expire_on_commit=False, autoflush=True)
+        # PostgreSQL reads with no transaction around them (``read_session(transaction=False)``).
+        self._statement_reader = (
+            self._reader if self.is_sqlite else sessionmaker(self._single_reads, expire_on_commit=False, autoflush=True)
+        )
         if self._lock is not None:
             event.listen(self._writer, "after_begin", self._begin_writing)
             # Whichever comes first once the database transaction is over: commit, rollback, or
@@ -308,8 +312,14 @@ class Database:
     def write_session(self) -> Session:
         return self._writer()
 
-    def read_session(self) -> Session:
-        return self._reader()
+    def read_session(self, *, transaction: bool = True) -> Session:
+        """A session for reads. With ``transaction=False`` (views), PostgreSQL runs each statement
+        on its own: at READ COMMITTED, the isolation it runs at, each statement reads its own
+        snapshot inside a transaction too, and the BEGIN and ROLLBACK were two of a view's eight
+        round trips. A session that must not see a change land between two of its statements
+        needs REPEATABLE READ, not this. SQLite keeps its read transaction: there it is one
+        snapshot for every statement, and costs no round trip."""
+        return self._reader() if transaction else self._statement_reader()
 
     def single_read(self) -> Connection:
         """A connection for exactly one read statement (use it as a context manager). It runs

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from profilestore.db import Database
+from profilestore.runtime import Runtime
 
 HOLD_SECONDS = 0.6
 
@@ -243,3 +245,29 @@ def test_a_checkpoint_that_fails_is_logged_and_tried_again_at_the_next_nudge(
         db.dispose()
     finally:
         checkpointer.stop()
+
+
+def _heads(session: Session) -> int:
+    return int(session.execute(text("SELECT count(*) FROM chain_heads")).scalar_one())
+
+
+def test_a_read_session_without_a_transaction_runs_postgresql_statements_each_on_its_own(runtime: Runtime) -> None:
+    """Views read with ``transaction=False``: on PostgreSQL no BEGIN, so each statement is its own
+    transaction (``now()``, the transaction's start, moves between them); SQLite keeps its read
+    transaction, one snapshot for every statement (a commit landing between two reads is not seen)."""
+    db = runtime.db
+    with db.read_session(transaction=False) as session:
+        if db.is_sqlite:
+            before = _heads(session)
+            with db.transaction() as writer:
+                writer.execute(text("INSERT INTO chain_heads VALUES ('db-test', 0, '', '2026-01-01 00:00:00')"))
+            assert _heads(session) == before
+        else:
+            first = session.execute(text("SELECT now()")).scalar_one()
+            time.sleep(0.01)
+            assert session.execute(text("SELECT now()")).scalar_one() > first
+    with db.read_session() as session:  # the default: one transaction
+        if not db.is_sqlite:
+            first = session.execute(text("SELECT now()")).scalar_one()
+            time.sleep(0.01)
+            assert session.execute(text("SELECT now()")).scalar_one() == first

@@ -25,7 +25,7 @@ router = APIRouter(tags=["views"])
 def _view_json(
     runtime: Runtime, caller: Caller, q: service.ViewQuery, subject_ref: str | None, identifiers: dict[str, str] | None
 ) -> bytes:
-    with runtime.db.read_session() as session:
+    with runtime.db.read_session(transaction=False) as session:
         if identifiers is not None:
             subject_ref = service.subject_for(session, runtime.vault, runtime.settings, identifiers)
         view = service.build(
