@@ -22,6 +22,7 @@ import math
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -30,7 +31,7 @@ from typing import Any
 
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction, sessionmaker
 
 from profilestore.kit.sqltypes import UTCDateTime
@@ -72,15 +73,30 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(database)
 
 
+# A pooled PostgreSQL connection is pinged before it is used only if it has sat idle this long
+# (seconds). Pinging at every checkout (``pool_pre_ping``) cost a round trip each time, and a view
+# over HTTP checks out two connections (its caller's key, then the view); a connection in steady
+# use proved itself alive a moment ago. One idle through a server restart is still found out.
+PING_IDLE_AFTER = 1.0
+
+
 def create_db_engine(
-    url: str, *, immediate: bool = False, autocheckpoint: Callable[[], bool] = lambda: True, **kwargs: Any
+    url: str,
+    *,
+    immediate: bool = False,
+    autocheckpoint: Callable[[], bool] = lambda: True,
+    ping_idle_after: float = PING_IDLE_AFTER,
+    **kwargs: Any,
 ) -> Engine:
     """An engine for ``url``; on SQLite: WAL, full sync, foreign keys, and a busy timeout. Its
-    connections checkpoint the log on commit while ``autocheckpoint()`` holds when they connect."""
+    connections checkpoint the log on commit while ``autocheckpoint()`` holds when they connect.
+    Elsewhere, pooled connections idle for ``ping_idle_after`` seconds are pinged before use."""
     # Statement parameters hold ciphertexts and blind indexes: keep them out of errors and logs.
     kwargs.setdefault("hide_parameters", True)
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True, **kwargs)
+        engine = create_engine(url, **kwargs)
+        _ping_when_idle(engine, ping_idle_after)
+        return engine
 
     path = _sqlite_file(url)
     if path is not None:
@@ -120,6 +136,26 @@ def create_db_engine(
 
 
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
+def _ping_when_idle(engine: Engine, after: float) -> None:
+    """Ping a connection the pool hands out if it has been idle ``after`` seconds; one that does
+    not answer is replaced (the pool retries on ``DisconnectionError``), so a request never gets a
+    connection the server closed while it sat in the pool."""
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < after:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError("the pooled connection did not answer a ping") from exc
 
 
 def begin_sqlite(connection: Connection, sql: str) -> None:

@@ -271,3 +271,31 @@ def test_a_read_session_without_a_transaction_runs_postgresql_statements_each_on
             first = session.execute(text("SELECT now()")).scalar_one()
             time.sleep(0.01)
             assert session.execute(text("SELECT now()")).scalar_one() == first
+
+
+@pytest.mark.parametrize("idle_after", [0.0, 3600.0])
+def test_a_pooled_connection_closed_by_the_server_is_pinged_and_replaced_once_idle(
+    runtime: Runtime, idle_after: float
+) -> None:
+    """Connections idle for ``ping_idle_after`` seconds are pinged before use, and one the server
+    closed is replaced; one in steady use is not pinged (and so, closed under it, fails once)."""
+    if runtime.db.is_sqlite:
+        pytest.skip("PostgreSQL's pool")
+    db = Database(runtime.db.url, ping_idle_after=idle_after)
+    try:
+        with db.single_read() as conn:
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        with runtime.db.engine.connect() as admin:
+            admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+            for _ in range(100):  # the server ends the backend shortly after
+                alive = admin.exec_driver_sql(f"SELECT count(*) FROM pg_stat_activity WHERE pid = {int(pid)}")
+                if alive.scalar_one() == 0:
+                    break
+                time.sleep(0.02)
+        if idle_after:
+            with pytest.raises(OperationalError), db.single_read() as conn:
+                conn.exec_driver_sql("SELECT 1").scalar_one()
+        with db.single_read() as conn:
+            assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != pid
+    finally:
+        db.dispose()
