@@ -34,7 +34,7 @@ from profilestore.crypto.service import SubjectCipher
 from profilestore.kit.chain import ChainWriter, Verification, verify_chain
 from profilestore.kit.errors import InvalidInput
 from profilestore.kit.ids import new_id
-from profilestore.kit.sql import rows
+from profilestore.kit.sql import Query, rows
 from profilestore.kit.time import utcnow
 from profilestore.purposes import service as purposes
 from profilestore.purposes.rules import ancestors
@@ -342,9 +342,14 @@ _STATES_OF_SUBJECTS = select(ConsentState.subject_id, *_STATE_COLUMNS).where(
 )
 
 
+def states_query(subject_id: str) -> Query:
+    """The statement that reads the subject's consent states (for ``kit.sql.prefetch``)."""
+    return _STATES, {"subject_id": subject_id}
+
+
 def _states(session: Session, subject_id: str) -> dict[str, State]:
     """The subject's current state per purpose."""
-    return {purpose: State(*rest) for purpose, *rest in rows(session, _STATES, {"subject_id": subject_id})}
+    return {purpose: State(*rest) for purpose, *rest in rows(session, *states_query(subject_id))}
 
 
 def effective_status(session: Session, subject_id: str, purpose: PurposeRule, now: datetime | None = None) -> Effective:

@@ -29,7 +29,7 @@ from profilestore.identity.models import Identifier, Subject, SubjectMerge
 from profilestore.identity.normalise import normalise
 from profilestore.kit.errors import Conflict, InvalidInput
 from profilestore.kit.ids import new_id
-from profilestore.kit.sql import rows
+from profilestore.kit.sql import Query, rows
 from profilestore.kit.time import utcnow
 from profilestore.preferences import service as preferences
 from profilestore.signals import service as signals
@@ -93,10 +93,15 @@ _LIVE_STATUS = (
 )
 
 
+def live_status_query(subject_id: str) -> Query:
+    """The statement ``live_status`` runs (for ``kit.sql.prefetch``)."""
+    return _LIVE_STATUS, {"subject_id": subject_id}
+
+
 def live_status(session: Session, subject_id: str) -> tuple[str, str] | None:
     """(live subject id, status) for an id, following a merge; None for an unknown id. One query:
     every view asks. A merged subject points straight at its final survivor (merges flatten)."""
-    found = rows(session, _LIVE_STATUS, {"subject_id": subject_id})
+    found = rows(session, *live_status_query(subject_id))
     row = found[0] if found else None
     if row is None:
         return None

@@ -18,7 +18,7 @@ from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Executable, Select
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.sqltypes import TupleType
@@ -81,18 +81,21 @@ def fetch(
     cursor = connection.connection.cursor()
     try:
         cursor.execute(sql, values)
-        found = cursor.fetchall()
-        if plan.results is None:
-            plan.results = tuple(
-                (position, processor)
-                for position, (column, described) in enumerate(zip(plan.columns, cursor.description, strict=True))
-                if (processor := column.result_processor(connection.dialect, described[1])) is not None
-            )
+        return _converted(connection, plan, cursor, cursor.fetchall())
     except connection.dialect.loaded_dbapi.Error as exc:
-        # As SQLAlchemy would raise it, so the service's handlers (503 for an outage) apply.
-        raise DBAPIError.instance(sql, values, exc, connection.dialect.loaded_dbapi.Error) from exc
+        raise _as_sqlalchemy(connection, sql, values, exc) from exc
     finally:
         cursor.close()
+
+
+def _converted(connection: Connection, plan: _Plan, cursor: Any, found: Sequence[Any]) -> Sequence[tuple[Any, ...]]:
+    """``found`` with the columns' result processors applied (worked out at the first execution)."""
+    if plan.results is None:
+        plan.results = tuple(
+            (position, processor)
+            for position, (column, described) in enumerate(zip(plan.columns, cursor.description, strict=True))
+            if (processor := column.result_processor(connection.dialect, described[1])) is not None
+        )
     if not plan.results:
         return found
     converted = []
@@ -102,6 +105,11 @@ def fetch(
             values[position] = process(values[position])
         converted.append(tuple(values))
     return converted
+
+
+def _as_sqlalchemy(connection: Connection, sql: str, values: Any, exc: Exception) -> StatementError:
+    # As SQLAlchemy would raise it, so the service's handlers (503 for an outage) apply.
+    return DBAPIError.instance(sql, values, exc, connection.dialect.loaded_dbapi.Error)
 
 
 def _bound(plan: _Plan, given: Mapping[str, Any]) -> tuple[str, Any] | None:
@@ -133,6 +141,56 @@ def _bound(plan: _Plan, given: Mapping[str, Any]) -> tuple[str, Any] | None:
 
 def rows(session: Session, statement: Executable, params: Mapping[str, Any] | None = None) -> Sequence[tuple[Any, ...]]:
     """All rows of a Core SELECT, as tuples, in the session's transaction (pending ORM changes
-    flushed first, as ``session.execute`` would)."""
+    flushed first, as ``session.execute`` would); or the rows ``prefetch`` read for it."""
     session.flush()
+    prefetched = session.info.get(_PREFETCHED)
+    if prefetched:
+        found = prefetched.pop(_key(statement, params), None)
+        if found is not None:
+            return found
     return fetch(session.connection(), statement, params)
+
+
+Query = tuple[Executable, Mapping[str, Any]]
+_PREFETCHED = "profilestore.prefetched"
+
+
+def _key(statement: Executable, params: Mapping[str, Any] | None) -> tuple[int, tuple[Any, ...]]:
+    items = sorted((params or {}).items())
+    return id(statement), tuple((name, tuple(v) if isinstance(v, list) else v) for name, v in items)
+
+
+def prefetch(session: Session, queries: Sequence[Query]) -> None:
+    """Read, in one round trip, statements that read-only work is about to run one after another
+    (a view: its purpose's rules, its subject's status, consent and preferences, none of which
+    waits for another's answer). ``rows`` then hands each result out once instead of running its
+    statement. On PostgreSQL this is psycopg's pipeline mode; elsewhere (SQLite: no round trips)
+    nothing is read ahead. Only for work that writes nothing in between: the rows are as of now."""
+    connection = session.connection()
+    if connection.dialect.driver != "psycopg":
+        return
+    planned = []
+    for statement, params in queries:
+        plan = _plan(statement, connection.dialect)
+        bound = _bound(plan, params) if plan is not None else None
+        if plan is not None and bound is not None:  # anything else is left for ``rows`` to run
+            planned.append((_key(statement, params), plan, bound))
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    cursors = []
+    try:
+        with driver.pipeline():
+            for _, _, (sql, values) in planned:
+                cursor = driver.cursor()
+                cursors.append(cursor)
+                cursor.execute(sql, values)
+            found = [cursor.fetchall() for cursor in cursors]
+        session.info.setdefault(_PREFETCHED, {}).update(
+            (key, _converted(connection, plan, cursor, result))
+            for (key, plan, _), cursor, result in zip(planned, cursors, found, strict=True)
+        )
+    except connection.dialect.loaded_dbapi.Error as exc:
+        raise _as_sqlalchemy(connection, "(pipeline)", None, exc) from exc
+    finally:
+        for cursor in cursors:
+            cursor.close()

@@ -17,7 +17,7 @@ from profilestore.crypto.service import SubjectCipher
 from profilestore.kit.errors import InvalidInput
 from profilestore.kit.ids import new_id
 from profilestore.kit.moving import move_subject_rows
-from profilestore.kit.sql import rows
+from profilestore.kit.sql import Query, rows
 from profilestore.kit.time import utcnow
 from profilestore.preferences.models import Preference
 from profilestore.preferences.schemas import PreferenceItem, PreferenceOut, PreferencesIn, PreferencesStored
@@ -164,6 +164,11 @@ _CURRENT = (
 )
 
 
+def current_query(subject_id: str) -> Query:
+    """The statement that reads the subject's current preferences (for ``kit.sql.prefetch``)."""
+    return _CURRENT, {"subject_id": subject_id}
+
+
 def permitted(
     session: Session, cipher: SubjectCipher, categories: Iterable[str], since: datetime
 ) -> tuple[list[PreferenceOut], Counter[str]]:
@@ -171,7 +176,7 @@ def permitted(
     grant epoch), and the count of those left out by reason. Only the kept ones are decrypted."""
     allowed = list(categories)
     kept, left_out = [], Counter[str]()
-    current_rows = rows(session, _CURRENT, {"subject_id": cipher.subject_id})
+    current_rows = rows(session, *current_query(cipher.subject_id))
     for preference_id, key, category, value_ct, source, declared_at, recorded_at in current_rows:
         if not covers(allowed, category):
             left_out["category_not_in_policy"] += 1

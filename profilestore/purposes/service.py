@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from profilestore.config import Settings
 from profilestore.kit.errors import Conflict, InvalidInput, NotFound
-from profilestore.kit.sql import rows
+from profilestore.kit.sql import Query, rows
 from profilestore.kit.time import utcnow
 from profilestore.purposes import taxonomy
 from profilestore.purposes.models import DataCategory, Notice, NoticePurpose, Purpose, PurposeCategory
@@ -211,10 +211,15 @@ _RULES = select(
 _RULES_OF = _RULES.where(Purpose.key.in_(bindparam("keys", expanding=True)))
 
 
+def rules_query(keys: Iterable[str] | None = None) -> Query:
+    """The statement ``rules`` runs (for ``kit.sql.prefetch``)."""
+    return (_RULES, {}) if keys is None else (_RULES_OF, {"keys": sorted(set(keys))})
+
+
 def rules(session: Session, keys: Iterable[str] | None = None) -> dict[str, PurposeRule]:
     """The rules of the given purposes (all purposes when None), read fresh from the database in
     one query: every view and every event batch asks, so it must stay cheap."""
-    result = rows(session, _RULES) if keys is None else rows(session, _RULES_OF, {"keys": sorted(set(keys))})
+    result = rows(session, *rules_query(keys))
     found: dict[str, tuple[str, int, int, set[str]]] = {}
     for key, basis, retention, valid, category in result:
         entry = found.setdefault(key, (basis, retention, valid, set()))
