@@ -166,9 +166,9 @@ def prefetch(session: Session, queries: Sequence[Query]) -> None:
     waits for another's answer). ``rows`` then hands each result out once instead of running its
     statement. On PostgreSQL this is psycopg's pipeline mode; elsewhere (SQLite: no round trips)
     nothing is read ahead. Only for work that writes nothing in between: the rows are as of now."""
-    connection = session.connection()
-    if connection.dialect.driver != "psycopg":
+    if session.get_bind().dialect.driver != "psycopg":
         return
+    connection = session.connection()
     planned = []
     for statement, params in queries:
         plan = _plan(statement, connection.dialect)
