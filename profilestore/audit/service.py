@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from profilestore.audit.models import AccessLogEntry
 from profilestore.db import Database
 from profilestore.kit.bulk import Bulk
-from profilestore.kit.chain import Canonical, ChainWriter
+from profilestore.kit.chain import Canonical, ChainWriter, Verification, verify_chain
 from profilestore.kit.ids import new_id
 from profilestore.kit.time import utcnow
 
@@ -74,6 +74,11 @@ def entries_for(session: Session, subject_ids: list[str]) -> list[AccessLogEntry
             select(AccessLogEntry).where(AccessLogEntry.subject_id.in_(subject_ids)).order_by(AccessLogEntry.seq)
         )
     )
+
+
+def verify(session: Session) -> Verification:
+    """Walk the whole access log; name the first entry whose link is broken."""
+    return verify_chain(session, CHAIN, AccessLogEntry, "entry_id", _content)
 
 
 _INSERT_ENTRIES = Bulk(lambda _: insert(cast(Table, AccessLogEntry.__table__)))

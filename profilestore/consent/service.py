@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -484,12 +484,6 @@ def history(session: Session, cipher: SubjectCipher | None, lineage: Sequence[st
     return result
 
 
-def _chain_entries(session: Session) -> Iterator[tuple[str, int, str, str, dict[str, object]]]:
-    rows = session.scalars(select(ConsentRecord).order_by(ConsentRecord.seq).execution_options(yield_per=1000))
-    for r in rows:
-        yield r.record_id, r.seq, r.prev_hash, r.hash, _content(r)
-
-
 def verify(session: Session) -> Verification:
     """Walk the whole ledger; name the first record whose link is broken."""
-    return verify_chain(session, CHAIN, _chain_entries(session))
+    return verify_chain(session, CHAIN, ConsentRecord, "record_id", _content)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, String, Table, bindparam, select, update
+from sqlalchemy import BigInteger, String, Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -146,26 +146,47 @@ class Verification:
     first_bad: dict[str, Any] | None
 
 
+_HEAD = select(_HEADS.c.seq, _HEADS.c.hash).where(_HEADS.c.name == bindparam("name"))
+
+
 def verify_chain(
-    session: Session, name: str, entries: Iterable[tuple[str, int, str, str, dict[str, Any]]]
+    session: Session, name: str, model: Any, id_column: str, content: Callable[[Any], dict[str, Any]]
 ) -> Verification:
-    """Walk ``(entry_id, seq, prev_hash, hash, content)`` in sequence order; name the first bad link."""
+    """Walk the chain kept in ``model``'s table (rows with ``seq``, ``prev_hash`` and ``hash``;
+    ``content(row)`` is what a row's hash covers) in sequence order; name the first bad link.
+
+    The head is read first and only the entries up to it are walked: an append moves the head in
+    the transaction that inserts its entries, so every entry up to a committed head is there to
+    be read, and one that commits during the walk is past it. (Read the other way round, at READ
+    COMMITTED, the head was ahead of the entries walked, and a growing chain was reported as
+    missing records.) Entries past the head are looked for in one statement, which sees the head
+    and the entries as of one moment: there, any is one added without moving the head."""
+    found = rows(session, _HEAD, {"name": name})
+    head_seq, head_hash = found[0] if found else (0, GENESIS)
+    walked = session.scalars(
+        select(model).where(model.seq <= head_seq).order_by(model.seq).execution_options(yield_per=1000)
+    )
     expected_prev, expected_seq, count = GENESIS, 1, 0
-    for entry_id, seq, prev_hash, stored, content in entries:
+    for row in walked:
+        entry_id, seq, prev_hash, stored = getattr(row, id_column), row.seq, row.prev_hash, row.hash
         problem = None
         if seq != expected_seq:
             problem = f"sequence gap: expected {expected_seq}, found {seq} (a record was removed)"
         elif prev_hash != expected_prev:
             problem = "previous-hash link does not match the record before it"
-        elif entry_hash(prev_hash, {"seq": seq, **content}) != stored:
+        elif entry_hash(prev_hash, {"seq": seq, **content(row)}) != stored:
             problem = "content does not match its hash (the record was altered)"
         if problem:
             return Verification(False, count, {"seq": seq, "id": entry_id, "reason": problem})
         expected_prev, expected_seq, count = stored, seq + 1, count + 1
-    head = session.get(ChainHead, name)
-    head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS)
     if head_seq != count or head_hash != expected_prev:
         return Verification(
             False, count, {"seq": count + 1, "id": None, "reason": "records after this point are missing"}
+        )
+    head_now = select(_HEADS.c.seq).where(_HEADS.c.name == name).scalar_subquery()
+    past = session.execute(select(func.min(model.seq)).where(model.seq > func.coalesce(head_now, 0))).scalar()
+    if past is not None:
+        return Verification(
+            False, count, {"seq": past, "id": None, "reason": "records past the chain's head (added without moving it)"}
         )
     return Verification(True, count, None)

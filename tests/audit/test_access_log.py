@@ -17,10 +17,10 @@ from sqlalchemy.exc import IntegrityError
 
 from profilestore.app import create_app
 from profilestore.audit.models import AccessLogEntry
-from profilestore.audit.service import CHAIN, _content
+from profilestore.audit.service import verify
 from profilestore.auth.service import authenticate
 from profilestore.config import Settings
-from profilestore.kit.chain import Verification, verify_chain
+from profilestore.kit.chain import Verification
 from profilestore.runtime import Runtime
 from tests.conftest import NOTICE, NOTICE_PURPOSES, Keys
 from tests.views.support import VIEW_PURPOSE, Store, get_view, view
@@ -87,9 +87,7 @@ def _count_view_reads(runtime: Runtime) -> int:
 
 def _verify(runtime: Runtime) -> Verification:
     with runtime.db.transaction(write=False) as session:
-        rows = session.scalars(select(AccessLogEntry).order_by(AccessLogEntry.seq)).all()
-        entries = [(e.entry_id, e.seq, e.prev_hash, e.hash, _content(e)) for e in rows]
-        return verify_chain(session, CHAIN, entries)
+        return verify(session)
 
 
 def _audit(client: TestClient, keys: Keys, subject: str, role: str = "privacy") -> list[dict[str, Any]]:

@@ -240,6 +240,27 @@ def test_deleting_the_last_record_is_detected_at_the_chain_head(
     assert (code, printed["ok"], printed["first_bad"]) == (1, False, result["first_bad"])
 
 
+def test_a_record_past_the_chain_head_is_detected(
+    api: TestClient, keys: Keys, runtime: Runtime, cli: CliRunner
+) -> None:
+    """A record added without moving the head (here: the head set back one record) is found,
+    though the walk stops at the head."""
+    rows = three_records(api, keys, runtime)
+    tamper(
+        runtime,
+        text("UPDATE chain_heads SET seq = :seq, hash = :hash WHERE name = 'consent'"),
+        seq=rows[1]["seq"],
+        hash=rows[1]["hash"],
+    )
+
+    result = api_verify(api, keys)
+    assert result["ok"] is False
+    assert result["first_bad"]["seq"] == rows[2]["seq"]
+    assert "past the chain's head" in result["first_bad"]["reason"]
+    code, printed = cli_verify(cli)
+    assert (code, printed["ok"], printed["first_bad"]) == (1, False, result["first_bad"])
+
+
 def test_an_append_after_an_edit_does_not_heal_the_chain(api: TestClient, keys: Keys, runtime: Runtime) -> None:
     rows = three_records(api, keys, runtime)
     tamper(runtime, text("UPDATE consent_records SET status = 'denied' WHERE record_id = :r"), r=rows[1]["record_id"])
@@ -286,3 +307,31 @@ def test_concurrent_first_posts_to_a_fresh_ledger_all_succeed_and_chain(
     assert [a.status_code for a in answers] == [201] * 6, [a.text for a in answers if a.status_code != 201]
     assert api_verify(api, keys) == {"ok": True, "records": 6, "first_bad": None}
     assert [r["seq"] for r in ledger_rows(runtime)] == list(range(1, 7))
+
+
+def test_the_ledger_verifies_while_consents_are_being_recorded(api: TestClient, keys: Keys) -> None:
+    """A decision that commits while the ledger is walked is past the head the walk started from:
+    not a gap. (At READ COMMITTED each statement sees what committed before it; a head read after
+    the walk would be ahead of the records walked.)"""
+    stop, posted = threading.Event(), []
+
+    def record() -> None:
+        while not stop.is_set():
+            body = consent_body(email=f"walker{len(posted)}@example.com")
+            posted.append(api.post("/v1/consents", headers=keys.header("collector"), json=body).status_code)
+
+    recorder = threading.Thread(target=record)
+    recorder.start()
+    verified: list[dict[str, Any]] = []
+    try:
+        while len(posted) < 40:
+            answer = api.get("/v1/ledger/verify", headers=keys.header("privacy"))
+            assert answer.status_code == 200, answer.text
+            verified.append(answer.json())
+    finally:
+        stop.set()
+        recorder.join()
+
+    assert set(posted) == {201}
+    assert [v for v in verified if not v["ok"]] == []
+    assert verified[-1]["records"] > verified[0]["records"]  # it was walked while it grew
