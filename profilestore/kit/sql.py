@@ -155,9 +155,9 @@ Query = tuple[Executable, Mapping[str, Any]]
 _PREFETCHED = "profilestore.prefetched"
 
 
-def _key(statement: Executable, params: Mapping[str, Any] | None) -> tuple[int, tuple[Any, ...]]:
+def _key(statement: Executable, params: Mapping[str, Any] | None) -> tuple[Executable, tuple[Any, ...]]:
     items = sorted((params or {}).items())
-    return id(statement), tuple((name, tuple(v) if isinstance(v, list) else v) for name, v in items)
+    return statement, tuple((name, tuple(v) if isinstance(v, list) else v) for name, v in items)
 
 
 def prefetch(session: Session, queries: Sequence[Query]) -> None:
@@ -175,6 +175,8 @@ def prefetch(session: Session, queries: Sequence[Query]) -> None:
         bound = _bound(plan, params) if plan is not None else None
         if plan is not None and bound is not None:  # anything else is left for ``rows`` to run
             planned.append((_key(statement, params), plan, bound))
+    if not planned:
+        return
     driver = connection.connection.driver_connection
     assert driver is not None
     cursors = []
