@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from typer.testing import CliRunner
 
 from profilestore.app import create_app
 from profilestore.auth import service as clients
@@ -196,6 +197,25 @@ def api(runtime: Runtime, keys: Keys) -> Iterator[TestClient]:
         )
         assert published.status_code == 201, published.text
         yield client
+
+
+@pytest.fixture
+def cli(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """A CLI runner whose environment points at this test's store, and at nothing else of the
+    caller's."""
+    settings = runtime.settings
+    for name in list(os.environ):
+        if name.startswith("PROFILESTORE_"):
+            monkeypatch.delenv(name)
+    assert settings.master_key is not None
+    return CliRunner(
+        env={
+            "PROFILESTORE_DATA_DIR": str(settings.data_dir),
+            "PROFILESTORE_DATABASE_URL": settings.resolved_database_url,
+            "PROFILESTORE_KEYSTORE_URL": settings.resolved_keystore_url,
+            "PROFILESTORE_MASTER_KEY": settings.master_key.get_secret_value(),
+        }
+    )
 
 
 def consent_body(

@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 from typer.testing import CliRunner, Result
 
 from profilestore.app import create_app
 from profilestore.cli import app
-from profilestore.config import Settings
 from profilestore.runtime import Runtime
 from tests.conftest import Keys, row_counts
 from tests.events.support import event, grant, ingest
-
-
-@pytest.fixture
-def cli(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    """A runner whose environment points at the test store (and nothing else of the caller's)."""
-    settings: Settings = runtime.settings
-    for name in list(os.environ):
-        if name.startswith("PROFILESTORE_"):
-            monkeypatch.delenv(name)
-    assert settings.master_key is not None
-    return CliRunner(
-        env={
-            "PROFILESTORE_DATA_DIR": str(settings.data_dir),
-            "PROFILESTORE_DATABASE_URL": settings.resolved_database_url,
-            "PROFILESTORE_KEYSTORE_URL": settings.resolved_keystore_url,
-            "PROFILESTORE_MASTER_KEY": settings.master_key.get_secret_value(),
-        }
-    )
 
 
 def run(cli: CliRunner, *args: str) -> Result:

@@ -5,7 +5,6 @@ back (raw SQL on the data database)."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
@@ -13,7 +12,6 @@ from itertools import pairwise
 from typing import Any
 
 import httpx
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text, update
 from typer.testing import CliRunner, Result
@@ -28,24 +26,6 @@ RECORDS = ConsentRecord.__table__
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cli(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    """A runner whose environment points at this test's store, and at nothing else."""
-    settings = runtime.settings
-    for name in list(os.environ):
-        if name.startswith("PROFILESTORE_"):
-            monkeypatch.delenv(name)
-    assert settings.master_key is not None
-    return CliRunner(
-        env={
-            "PROFILESTORE_DATA_DIR": str(settings.data_dir),
-            "PROFILESTORE_DATABASE_URL": settings.resolved_database_url,
-            "PROFILESTORE_KEYSTORE_URL": settings.resolved_keystore_url,
-            "PROFILESTORE_MASTER_KEY": settings.master_key.get_secret_value(),
-        }
-    )
 
 
 def cli_verify(cli: CliRunner) -> tuple[int, dict[str, Any]]:
