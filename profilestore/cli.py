@@ -7,24 +7,32 @@ import logging
 import os
 import runpy
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from profilestore.config import Settings
 from profilestore.runtime import Runtime
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from profilestore.kit.chain import Verification
+
 app = typer.Typer(help="profilestore: consent ledger and purpose-bound profile store.", no_args_is_help=True)
 clients_app = typer.Typer(help="API clients and their keys.", no_args_is_help=True)
 purposes_app = typer.Typer(help="Purposes, their legal basis, retention and policy.", no_args_is_help=True)
 keys_app = typer.Typer(help="Master and data keys.", no_args_is_help=True)
 ledger_app = typer.Typer(help="The consent ledger.", no_args_is_help=True)
+audit_app = typer.Typer(help="The access log: who read or changed whose data.", no_args_is_help=True)
 signals_app = typer.Typer(help="Signals, the scores views are made of.", no_args_is_help=True)
 app.add_typer(clients_app, name="clients")
 app.add_typer(purposes_app, name="purposes")
 app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(audit_app, name="audit")
 app.add_typer(signals_app, name="signals")
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Folder of the embedded databases and key")]
@@ -250,17 +258,29 @@ def keys_rotate(
     typer.echo(f"re-wrapped {report.rewrapped} data keys under master key {report.master_key_id}")
 
 
+def _verify(data_dir: Path | None, verify: Callable[[Session], Verification]) -> None:
+    runtime = _ready(data_dir)
+    with runtime.db.transaction(write=False) as session:
+        result = verify(session)
+    typer.echo(json.dumps({"ok": result.ok, "records": result.records, "first_bad": result.first_bad}))
+    if not result.ok:
+        raise typer.Exit(1)
+
+
 @ledger_app.command("verify")
 def ledger_verify(data_dir: DataDir = None) -> None:
     """Walk the consent ledger's hash chain; exit 1 and name the first broken link if any."""
     from profilestore.consent import service
 
-    runtime = _ready(data_dir)
-    with runtime.db.transaction(write=False) as session:
-        result = service.verify(session)
-    typer.echo(json.dumps({"ok": result.ok, "records": result.records, "first_bad": result.first_bad}))
-    if not result.ok:
-        raise typer.Exit(1)
+    _verify(data_dir, service.verify)
+
+
+@audit_app.command("verify")
+def audit_verify(data_dir: DataDir = None) -> None:
+    """Walk the access log's hash chain; exit 1 and name the first broken link if any."""
+    from profilestore.audit import service
+
+    _verify(data_dir, service.verify)
 
 
 @app.command()

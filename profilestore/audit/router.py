@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from profilestore.audit import service
 from profilestore.auth.dependencies import Privacy
+from profilestore.consent.schemas import LedgerVerification
 from profilestore.deps import ReadSession, RecorderDep
 from profilestore.identity import service as identity
 
@@ -51,3 +52,12 @@ def audit(
         )
         for e in entries
     ]
+
+
+@router.get("/v1/audit/verify")
+def verify_access_log(session: ReadSession, recorder: RecorderDep, _: Privacy) -> LedgerVerification:
+    """Walk the access log's hash chain (this process's buffered reads written first);
+    ``first_bad`` names the first broken link."""
+    recorder.flush()
+    result = service.verify(session)
+    return LedgerVerification(ok=result.ok, records=result.records, first_bad=result.first_bad)

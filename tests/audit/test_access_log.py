@@ -4,6 +4,7 @@ that an edited entry is found."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -14,11 +15,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
+from typer.testing import CliRunner
 
 from profilestore.app import create_app
 from profilestore.audit.models import AccessLogEntry
 from profilestore.audit.service import verify
 from profilestore.auth.service import authenticate
+from profilestore.cli import app
 from profilestore.config import Settings
 from profilestore.kit.chain import Verification
 from profilestore.runtime import Runtime
@@ -235,6 +238,27 @@ def test_the_access_log_chain_verifies_and_finds_an_edited_entry(api: TestClient
     tampered = _verify(runtime)
     assert not tampered.ok
     assert tampered.first_bad is not None and tampered.first_bad["seq"] == target.seq
+
+
+def test_privacy_clients_and_the_cli_verify_the_access_log(
+    api: TestClient, keys: Keys, runtime: Runtime, cli: CliRunner
+) -> None:
+    subject = Store(api, keys).consent({"personalize": "granted"})
+    view(api, keys, subject)  # buffered: the verification writes it first
+    answer = api.get("/v1/audit/verify", headers=keys.header("privacy"))
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"ok": True, "records": 2, "first_bad": None}  # the consent, the read
+    for role in ("reader", "collector"):
+        assert api.get("/v1/audit/verify", headers=keys.header(role)).status_code == 403
+
+    with runtime.db.engine.begin() as conn:
+        conn.execute(text("UPDATE access_log SET client_id = 'cli_someone_else' WHERE seq = 2"))
+    tampered = api.get("/v1/audit/verify", headers=keys.header("admin")).json()
+    assert tampered["ok"] is False and tampered["first_bad"]["seq"] == 2
+    assert "altered" in tampered["first_bad"]["reason"]
+    printed = cli.invoke(app, ["audit", "verify"])
+    assert printed.exit_code == 1
+    assert json.loads(printed.stdout.splitlines()[-1]) == tampered
 
 
 def test_concurrent_reads_and_consent_changes_keep_one_unbroken_chain(
