@@ -25,19 +25,10 @@ from profilestore.cli import app
 from profilestore.config import Settings
 from profilestore.kit.chain import Verification
 from profilestore.runtime import Runtime
-from tests.conftest import NOTICE, NOTICE_PURPOSES, Keys
+from tests.conftest import Keys, publish_notice
 from tests.views.support import VIEW_PURPOSE, Store, get_view, view
 
 UNKNOWN_ID = "sub_0000000000000000000000"
-
-
-def _publish_notice(client: TestClient, keys: Keys) -> None:
-    answer = client.post(
-        "/v1/notices",
-        headers=keys.header("admin"),
-        json={**NOTICE, "text": "We personalise what you see.", "purposes": NOTICE_PURPOSES},
-    )
-    assert answer.status_code == 201, answer.text
 
 
 def _quiet_runtime(runtime: Runtime) -> Runtime:
@@ -59,7 +50,7 @@ def quiet(runtime: Runtime, keys: Keys) -> Iterator[Quiet]:
     quiet_runtime = _quiet_runtime(runtime)
     try:
         with TestClient(create_app(runtime=quiet_runtime)) as client:
-            _publish_notice(client, keys)
+            publish_notice(client, keys)
             yield Quiet(client, quiet_runtime)
     finally:
         quiet_runtime.close()
@@ -162,7 +153,7 @@ def test_a_clean_shutdown_writes_every_buffered_read(runtime: Runtime, keys: Key
     reads = 25
     try:
         with TestClient(create_app(runtime=quiet_runtime)) as client:
-            _publish_notice(client, keys)
+            publish_notice(client, keys)
             subject = Store(client, keys).consent({"personalize": "granted"})
             for i in range(reads):
                 target = subject if i % 2 else UNKNOWN_ID

@@ -14,7 +14,7 @@ from profilestore.auth import service as clients
 from profilestore.auth.schemas import ClientIn, Role
 from profilestore.config import Settings
 from profilestore.runtime import Runtime
-from tests.conftest import NOTICE, NOTICE_PURPOSES, READER_PURPOSES, Keys
+from tests.conftest import READER_PURPOSES, Keys, publish_notice
 
 CIPHERTEXT_COLUMNS = {
     "consent_records": ("record_id", "evidence_ct"),
@@ -50,12 +50,7 @@ def serving(runtime: Runtime, keys: Keys, *, publish: bool = True) -> Iterator[T
     """A TestClient over ``runtime`` (the notice published once, by the first caller)."""
     with TestClient(create_app(runtime=runtime)) as client:
         if publish:
-            answer = client.post(
-                "/v1/notices",
-                headers=keys.header("admin"),
-                json={**NOTICE, "text": "We personalise what you see.", "purposes": NOTICE_PURPOSES},
-            )
-            assert answer.status_code in (200, 201), answer.text
+            publish_notice(client, keys)
         yield client
 
 
