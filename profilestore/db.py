@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -35,6 +35,8 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction, sessionmaker
 
 from profilestore.kit.sqltypes import UTCDateTime
+
+T = TypeVar("T")
 
 try:  # advisory file locks; without them (Windows) writers of one process still take turns
     import fcntl
@@ -85,7 +87,7 @@ def create_db_engine(
     *,
     immediate: bool = False,
     autocheckpoint: Callable[[], bool] = lambda: True,
-    ping_idle_after: float = PING_IDLE_AFTER,
+    ping_idle_after: float | None = None,
     **kwargs: Any,
 ) -> Engine:
     """An engine for ``url``; on SQLite: WAL, full sync, foreign keys, and a busy timeout. Its
@@ -95,7 +97,7 @@ def create_db_engine(
     kwargs.setdefault("hide_parameters", True)
     if not url.startswith("sqlite"):
         engine = create_engine(url, **kwargs)
-        _ping_when_idle(engine, ping_idle_after)
+        _ping_when_idle(engine, PING_IDLE_AFTER if ping_idle_after is None else ping_idle_after)
         return engine
 
     path = _sqlite_file(url)
@@ -139,9 +141,16 @@ WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
 def _ping_when_idle(engine: Engine, after: float) -> None:
-    """Ping a connection the pool hands out if it has been idle ``after`` seconds; one that does
-    not answer is replaced (the pool retries on ``DisconnectionError``), so a request never gets a
-    connection the server closed while it sat in the pool."""
+    """Ping a connection the pool hands out if it has been idle ``after`` seconds, or since before
+    a connection of this engine was last found dead (a restarted server has closed its brothers
+    too); one that does not answer is replaced (the pool retries on ``DisconnectionError``), so a
+    request never gets a connection the server closed while it sat in the pool."""
+    lost = {"at": 0.0}
+
+    @event.listens_for(engine, "invalidate")
+    def _found_dead(_dbapi_connection: Any, _record: Any, exception: BaseException | None) -> None:
+        if exception is not None:
+            lost["at"] = time.monotonic()
 
     @event.listens_for(engine, "checkin")
     def _idle_from(_dbapi_connection: Any, record: Any) -> None:
@@ -150,12 +159,24 @@ def _ping_when_idle(engine: Engine, after: float) -> None:
     @event.listens_for(engine, "checkout")
     def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         idle_since = record.info.get("idle_since")
-        if idle_since is None or time.monotonic() - idle_since < after:
+        if idle_since is None or (time.monotonic() - idle_since < after and idle_since > lost["at"]):
             return
         try:
             engine.dialect.do_ping(dbapi_connection)
         except engine.dialect.loaded_dbapi.Error as exc:
             raise DisconnectionError("the pooled connection did not answer a ping") from exc
+
+
+def read_again_if_disconnected(read: Callable[[], T]) -> T:
+    """Run ``read`` (work that writes nothing); if its connection turned out dead, run it once more
+    on a new one. Pooled connections are pinged only after sitting idle (``PING_IDLE_AFTER``):
+    when the server restarts under load, each connection in use meets its end in a statement."""
+    try:
+        return read()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    return read()
 
 
 def begin_sqlite(connection: Connection, sql: str) -> None:

@@ -3,16 +3,22 @@ outage answers 503. The failures here are real database failures, not mocks."""
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
+from profilestore import db
+from profilestore.app import create_app
 from profilestore.db import Database
 from profilestore.runtime import Runtime
-from tests.conftest import Keys, consent_body, row_counts
+from tests.conftest import Keys, consent_body, publish_notice, row_counts
+from tests.views.support import Store, get_view
 
 UNREACHABLE = "postgresql+psycopg://nobody@127.0.0.1:1/none"
 
@@ -140,3 +146,54 @@ def test_an_unreachable_data_database_answers_503(api: TestClient, keys: Keys, r
         runtime.db = reachable
     assert _count(runtime, "subjects") == 0
     assert api.post("/v1/consents", headers=keys.header("collector"), json=consent_body()).status_code == 201
+
+
+def _drop_every_connection_but_ours(runtime: Runtime) -> int:
+    """What a database restart does to the service's pooled connections (from a connection of
+    its own, outside the service's pool)."""
+    with create_engine(runtime.db.engine.url, poolclass=NullPool).connect() as conn:
+        dropped = conn.exec_driver_sql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).scalar_one()
+        for _ in range(100):  # the server ends them shortly after
+            left = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).scalar_one()
+            if left == 0:
+                break
+            time.sleep(0.02)
+    return int(dropped)
+
+
+def test_views_ride_out_a_database_restart_and_are_logged_once(
+    runtime: Runtime, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pooled connections in steady use are not pinged: after a restart, the first statement on
+    each finds it dead. A view (and its caller's key lookup) is then read again on a new one, and
+    the connections left in the pool are pinged before use: every view is answered, once. (The
+    access log's writer is kept quiet, so that the views are the first to meet the loss.)"""
+    if runtime.db.is_sqlite:
+        pytest.skip("PostgreSQL's connections")
+    monkeypatch.setattr(db, "PING_IDLE_AFTER", 60.0)  # the restart below takes longer than a second
+    views = runtime.settings.views.model_copy(update={"audit_flush_seconds": 3600.0})
+    quiet = Runtime.from_settings(runtime.settings.model_copy(update={"views": views}))
+    try:
+        with TestClient(create_app(runtime=quiet)) as api:
+            publish_notice(api, keys)
+            subject = Store(api, keys).consent({"personalize": "granted"})
+            with contextlib.ExitStack() as held:  # several connections in the pool, all dropped below
+                for _ in range(3):
+                    held.enter_context(quiet.db.single_read()).exec_driver_sql("SELECT 1")
+            for _ in range(5):  # connections in use, none idle long enough to be pinged
+                assert get_view(api, keys.header("reader"), subject).status_code == 200
+            assert _drop_every_connection_but_ours(quiet) >= 1
+
+            answers = [get_view(api, keys.header("reader"), subject).status_code for _ in range(5)]
+    finally:
+        quiet.close()  # writes the buffered reads
+
+    assert answers == [200] * 5
+    with runtime.db.engine.connect() as conn:
+        reads = conn.exec_driver_sql("SELECT count(*) FROM access_log WHERE action = 'view.read'").scalar_one()
+    assert reads == 10

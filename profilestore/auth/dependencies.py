@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from profilestore.auth.schemas import Role
 from profilestore.auth.service import Caller, authenticate
+from profilestore.db import read_again_if_disconnected
 from profilestore.deps import database_work, get_runtime
 from profilestore.kit.errors import Forbidden, Unauthenticated
 
@@ -27,7 +28,7 @@ async def caller_from_key(request: Request, key: str | None) -> Caller:
         with database.single_read() as connection:
             return authenticate(connection, key)
 
-    caller = await database_work(database, lookup)
+    caller = await database_work(database, lambda: read_again_if_disconnected(lookup))
     if caller is None:
         raise Unauthenticated("invalid or revoked client key")
     request.state.client_id = caller.client_id

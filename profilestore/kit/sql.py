@@ -108,8 +108,14 @@ def _converted(connection: Connection, plan: _Plan, cursor: Any, found: Sequence
 
 
 def _as_sqlalchemy(connection: Connection, sql: str, values: Any, exc: Exception) -> StatementError:
-    # As SQLAlchemy would raise it, so the service's handlers (503 for an outage) apply.
-    return DBAPIError.instance(sql, values, exc, connection.dialect.loaded_dbapi.Error)
+    """The driver's error as SQLAlchemy would raise it, so the service's handlers (503 for an
+    outage) apply; and, as SQLAlchemy would, a connection found dead is thrown away, not pooled
+    again (``connection_invalidated`` says so to those who may retry on a new one)."""
+    dialect = connection.dialect
+    lost = dialect.is_disconnect(cast(Any, exc), connection.connection.dbapi_connection, None)
+    if lost:
+        connection.invalidate(exc)
+    return DBAPIError.instance(sql, values, exc, dialect.loaded_dbapi.Error, connection_invalidated=lost)
 
 
 def _bound(plan: _Plan, given: Mapping[str, Any]) -> tuple[str, Any] | None:

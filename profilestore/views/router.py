@@ -7,12 +7,14 @@ guard and the parameters. The view is built (and serialised) in one piece of dat
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
 from profilestore.auth.dependencies import ViewReader
 from profilestore.auth.service import Caller
+from profilestore.db import read_again_if_disconnected
 from profilestore.deps import database_work, get_runtime
 from profilestore.kit.time import utcnow
 from profilestore.runtime import Runtime
@@ -38,7 +40,9 @@ async def _respond(
     request: Request, caller: Caller, q: service.ViewQuery, subject_ref: str | None, identifiers: dict[str, str] | None
 ) -> Response:
     runtime = get_runtime(request)
-    body = await database_work(runtime.db, lambda: _view_json(runtime, caller, q, subject_ref, identifiers))
+    # A view is recorded only once built: read again after a lost connection, it is logged once.
+    work = partial(_view_json, runtime, caller, q, subject_ref, identifiers)
+    body = await database_work(runtime.db, partial(read_again_if_disconnected, work))
     return Response(body, media_type="application/json")
 
 
