@@ -92,8 +92,9 @@ class Link:
 
 
 _HEADS = cast(Table, ChainHead.__table__)
+_HEAD = select(_HEADS.c.seq, _HEADS.c.hash).where(_HEADS.c.name == bindparam("name"))
 # The head, locked until the transaction ends (PostgreSQL; SQLite's writer lock serialises anyway).
-_LOCK_HEAD = select(_HEADS.c.seq, _HEADS.c.hash).where(_HEADS.c.name == bindparam("name")).with_for_update()
+_LOCK_HEAD = _HEAD.with_for_update()
 _CREATE_HEAD = Bulk(
     lambda dialect: (pg_insert if dialect == "postgresql" else sqlite_insert)(_HEADS).on_conflict_do_nothing()
 )
@@ -144,9 +145,6 @@ class Verification:
     ok: bool
     records: int
     first_bad: dict[str, Any] | None
-
-
-_HEAD = select(_HEADS.c.seq, _HEADS.c.hash).where(_HEADS.c.name == bindparam("name"))
 
 
 def verify_chain(
