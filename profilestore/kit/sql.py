@@ -166,13 +166,19 @@ def _key(statement: Executable, params: Mapping[str, Any] | None) -> tuple[Execu
     return statement, tuple((name, tuple(v) if isinstance(v, list) else v) for name, v in items)
 
 
+def reads_ahead(session: Session) -> bool:
+    """Whether ``prefetch`` reads anything ahead on this session's database (PostgreSQL's driver:
+    round trips to save); the caller can skip naming its queries otherwise."""
+    return session.get_bind().dialect.driver == "psycopg"
+
+
 def prefetch(session: Session, queries: Sequence[Query]) -> None:
     """Read, in one round trip, statements that read-only work is about to run one after another
     (a view: its purpose's rules, its subject's status, consent and preferences, none of which
     waits for another's answer). ``rows`` then hands each result out once instead of running its
     statement. On PostgreSQL this is psycopg's pipeline mode; elsewhere (SQLite: no round trips)
     nothing is read ahead. Only for work that writes nothing in between: the rows are as of now."""
-    if session.get_bind().dialect.driver != "psycopg":
+    if not reads_ahead(session):
         return
     connection = session.connection()
     planned = []

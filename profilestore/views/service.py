@@ -27,7 +27,7 @@ from profilestore.crypto.service import Vault
 from profilestore.events import service as events
 from profilestore.identity import service as identity
 from profilestore.kit.errors import Forbidden, InvalidInput
-from profilestore.kit.sql import prefetch
+from profilestore.kit.sql import prefetch, reads_ahead
 from profilestore.preferences import service as preferences
 from profilestore.purposes import service as purposes
 from profilestore.purposes.rules import ancestors
@@ -108,14 +108,15 @@ def build(
     """The view of ``subject_ref`` (a subject id, or None for identifiers that matched nobody)."""
     # What the view reads first, none of it waiting for another's answer, in one round trip
     # (PostgreSQL); then its signals, which need the rules and the consent.
-    ahead = [purposes.rules_query([q.purpose])]
-    if subject_ref:
-        ahead += [
-            identity.live_status_query(subject_ref),
-            consent.states_query(subject_ref),
-            preferences.current_query(subject_ref),
-        ]
-    prefetch(session, ahead)
+    if reads_ahead(session):
+        ahead = [purposes.rules_query([q.purpose])]
+        if subject_ref:
+            ahead += [
+                identity.live_status_query(subject_ref),
+                consent.states_query(subject_ref),
+                preferences.current_query(subject_ref),
+            ]
+        prefetch(session, ahead)
     rules = purposes.rules(session, [q.purpose])
     if q.purpose not in rules:
         raise InvalidInput(f"unknown purpose '{q.purpose}'", field="purpose")
