@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, cast
+from typing import Any, Required, TypedDict, Unpack, cast
 
 from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
@@ -32,37 +32,33 @@ def _content(entry: AccessLogEntry) -> dict[str, Any]:
     }
 
 
-def _new_entry(
-    client_id: str | None,
-    action: str,
-    subject_id: str | None,
-    purpose: str | None,
-    detail: dict[str, Any] | None,
-) -> dict[str, Any]:
+class Access(TypedDict, total=False):
+    """What an access-log entry says, as ``log`` and ``AccessRecorder.record`` take it. ``detail``
+    must never hold personal values: ids, counts and field names only."""
+
+    client_id: Required[str | None]
+    action: Required[str]
+    subject_id: str | None
+    purpose: str | None
+    detail: dict[str, Any] | None
+
+
+def _new_entry(access: Access) -> dict[str, Any]:
     """An entry's content, exactly the fields its chain hash covers (``_content``)."""
     return {
         "entry_id": new_id("acc"),
         "at": utcnow(),
-        "client_id": client_id,
-        "action": action,
-        "subject_id": subject_id,
-        "purpose": purpose,
-        "detail": detail or {},
+        "client_id": access["client_id"],
+        "action": access["action"],
+        "subject_id": access.get("subject_id"),
+        "purpose": access.get("purpose"),
+        "detail": access.get("detail") or {},
     }
 
 
-def log(
-    session: Session,
-    *,
-    client_id: str | None,
-    action: str,
-    subject_id: str | None = None,
-    purpose: str | None = None,
-    detail: dict[str, Any] | None = None,
-) -> None:
-    """Append an entry in the caller's transaction: it commits (or not) with what it records.
-    ``detail`` must never hold personal values: ids, counts and field names only."""
-    content = _new_entry(client_id, action, subject_id, purpose, detail)
+def log(session: Session, **access: Unpack[Access]) -> None:
+    """Append an entry in the caller's transaction: it commits (or not) with what it records."""
+    content = _new_entry(access)
     link = ChainWriter(session, CHAIN).append(content)
     session.add(AccessLogEntry(**content, seq=link.seq, prev_hash=link.prev_hash, hash=link.hash))
     session.flush()
@@ -105,16 +101,8 @@ class AccessRecorder:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def record(
-        self,
-        *,
-        client_id: str | None,
-        action: str,
-        subject_id: str | None = None,
-        purpose: str | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> None:
-        entry = _new_entry(client_id, action, subject_id, purpose, detail)
+    def record(self, **access: Unpack[Access]) -> None:
+        entry = _new_entry(access)
         # Encoded for its hash, and converted for the driver, here, on the reading request's own
         # time: the writer's thread only numbers, hashes and inserts. Work done there holds the
         # GIL, and a view served by the same process meanwhile waits for it.
