@@ -43,17 +43,14 @@ def post_consents(
             session, vault, settings, body.identifiers.present(), client_id=caller.client_id, create=True
         )
         assert subject is not None
-        receipt = service.record(
-            session, subject.cipher(vault), prepared, lineage=subject.lineage, client_id=caller.client_id
-        )
-        audit.log(
+        return service.record(
             session,
+            subject.cipher(vault),
+            prepared,
+            lineage=subject.lineage,
             client_id=caller.client_id,
-            action="consent.record",
-            subject_id=subject.subject_id,
-            detail={"receipt_id": receipt.receipt_id, "records": len(receipt.records), "merged": list(subject.merged)},
+            merged=list(subject.merged),
         )
-        return receipt
 
     payload = {"body": body.model_dump(mode="json"), "gpc": gpc}
     receipt, replayed = idempotency.once(session, caller.client_id, idempotency_key, payload, record, ConsentReceipt)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
+from profilestore.audit import service as audit
 from profilestore.config import Settings
 from profilestore.consent.models import ConsentRecord, ConsentState
 from profilestore.consent.rules import GRANTED, Decision, Effective, State, derive, effective
@@ -130,13 +131,15 @@ def record(
     *,
     lineage: Sequence[str],
     client_id: str,
+    merged: Sequence[str] = (),
 ) -> ConsentReceipt:
-    """Append the submission's decisions (and any GPC withdrawals) to the ledger; update state."""
+    """Append the submission's decisions (and any GPC withdrawals) to the ledger; update state.
+    ``merged``: the subjects that resolving its identifiers merged into this one (audited)."""
     body = prepared.body
     decisions = [(c.purpose, c.status.value, body.source) for c in body.consents]
     decisions += _gpc_decisions(session, cipher.subject_id, prepared.gpc_purposes, decisions)
     collected = Collected(body.collected_at, body.source, body.notice, body.evidence)
-    return _append(session, cipher, lineage, decisions, collected, prepared.rules, client_id)
+    return _append(session, cipher, lineage, decisions, collected, prepared.rules, client_id, merged)
 
 
 def record_changes(
@@ -195,7 +198,10 @@ def _append(
     collected: Collected,
     rules: dict[str, PurposeRule],
     client_id: str,
+    merged: Sequence[str] = (),
 ) -> ConsentReceipt:
+    """Every consent change goes through here, from a form or signalled with events: chained in
+    the ledger, folded into the state, and written to the access log."""
     subject_id = cipher.subject_id
     now = utcnow()
     receipt_id = new_id("rcpt")
@@ -227,6 +233,13 @@ def _append(
     session.flush()
     for purpose in {p for p, _, _ in decisions}:
         _recompute(session, subject_id, lineage, purpose)
+    audit.log(
+        session,
+        client_id=client_id,
+        action="consent.record",
+        subject_id=subject_id,
+        detail={"receipt_id": receipt_id, "records": len(written), "merged": list(merged)},
+    )
     return ConsentReceipt(
         receipt_id=receipt_id,
         subject_id=subject_id,

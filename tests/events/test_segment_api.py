@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
+from profilestore.audit.models import AccessLogEntry
 from profilestore.runtime import Runtime
 from tests.conftest import Keys, row_counts
 from tests.events.support import (
@@ -313,6 +315,12 @@ def test_a_banner_state_resent_with_every_event_records_consent_once(
     assert changed.status_code == 200
     assert [(r.purpose, r.status) for r in consent_records(runtime)][2:] == [("analytics", "granted")]
     assert len(stored_events(runtime)) == 8
+    # Each change signalled with events is in the access log too, as a form's would be.
+    with runtime.db.engine.connect() as conn:
+        logged = conn.execute(
+            select(AccessLogEntry.detail).where(AccessLogEntry.action == "consent.record").order_by(AccessLogEntry.seq)
+        )
+        assert [detail["records"] for (detail,) in logged] == [2, 1]
 
 
 def test_batch_level_context_applies_to_messages_without_their_own(
