@@ -8,7 +8,9 @@ RudderStack points its SDK at us and changes nothing else.
 - ``alias`` joins ``previousId`` and ``userId`` (merging two subjects if both exist);
 - ``context.consent.categoryPreferences`` records consent (source ``segment``) where it changes
   the state, mapped category → purposes by configuration; ``Sec-GPC: 1`` is honoured;
-- ``group`` is accepted and ignored (no person-level data).
+- ``group`` is accepted and ignored (no person-level data);
+- a message's time is corrected for its sender's clock skew when it says when it was sent
+  (``sentAt``, on the message or the batch), as Segment does.
 
 A batch is validated whole before anything is written; consent and identity messages apply
 before the batch's events, so an event rides on the consent sent with it.
@@ -82,7 +84,17 @@ def traits_of(message: SegmentMessage) -> dict[str, Any]:
 
 
 def _when(message: SegmentMessage, now: datetime) -> datetime:
-    return message.timestamp or message.originalTimestamp or now
+    """When the message happened, on our clock, by Segment's rule: the time its sender stamped,
+    moved by how far the sender's clock was off when it sent the message (``timestamp =
+    receivedAt - (sentAt - originalTimestamp)``). A phone whose clock runs ten minutes ahead
+    would otherwise send events from the future, which are refused. A message without ``sentAt``
+    keeps its stamp (an import of past events); one without a stamp happened now."""
+    stamped = message.timestamp or message.originalTimestamp
+    if stamped is None:
+        return now
+    if message.sentAt is None:
+        return stamped
+    return stamped + (now - message.sentAt)
 
 
 def _evidence(context: SegmentContext | None) -> Evidence | None:

@@ -79,9 +79,12 @@ def batch(
 ) -> SegmentAnswer:
     """A batch of Segment messages (as SDKs flush them)."""
     parsed: SegmentBatch = _parse(SegmentBatch, payload)
-    messages = [
-        m if m.context or not parsed.context else m.model_copy(update={"context": parsed.context}) for m in parsed.batch
-    ]
+    # The batch's context and sentAt apply to messages that carry none of their own.
+    shared = {"context": parsed.context, "sentAt": parsed.sentAt}
+    messages = []
+    for message in parsed.batch:
+        missing = {name: value for name, value in shared.items() if value and not getattr(message, name)}
+        messages.append(message.model_copy(update=missing) if missing else message)
     return _run(messages, request, session, vault, settings, caller.client_id)
 
 

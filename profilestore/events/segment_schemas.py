@@ -29,6 +29,7 @@ class SegmentMessage(BaseModel):
     anonymousId: str | None = Field(default=None, max_length=512)
     timestamp: AwareDatetime | None = None
     originalTimestamp: AwareDatetime | None = None
+    sentAt: AwareDatetime | None = None
     event: str | None = Field(default=None, max_length=200)
     name: str | None = Field(default=None, max_length=200)
     properties: dict[str, Any] | None = None
@@ -49,6 +50,7 @@ class SegmentBatch(BaseModel):
 
     batch: list[SegmentMessage] = Field(min_length=1)
     context: SegmentContext | None = None
+    sentAt: AwareDatetime | None = None
     writeKey: str | None = Field(default=None, max_length=200)
 
 

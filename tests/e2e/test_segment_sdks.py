@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import httpx
@@ -94,6 +95,20 @@ def test_track_with_banner_consent_creates_the_subject_records_consent_and_store
     assert (stored.type, stored.category) == ("product_viewed", "user.behavior.browsing_history")
     assert decrypt_properties(runtime.vault.cipher(subject), stored.event_id, bytes(stored.properties_ct)) == properties
     assert {s.dimension for s in stored_signals(runtime, subject)} == {"category", "brand", "price_band"}
+
+
+@pytest.mark.parametrize("sdk", ["segment", "rudderstack"])
+def test_an_event_given_a_past_timestamp_is_stored_at_it(sdk: str, keys: Keys, live_url: str, runtime: Runtime) -> None:
+    """The SDKs stamp the batch's ``sentAt`` from the same clock as the event's time, so the
+    correction for clock skew moves an imported event only by the time the batch took to reach
+    us: its stored time is its own, give or take that."""
+    client = _sdk(sdk, keys, live_url)
+    happened = datetime.now(UTC) - timedelta(days=3)
+
+    client.track(user_id="u-1", event="Signed In", context=PERSONALIZATION, timestamp=happened)
+
+    [stored] = stored_events(runtime)
+    assert happened <= stored.occurred_at <= happened + timedelta(seconds=5)
 
 
 @pytest.mark.parametrize("sdk", ["segment", "rudderstack"])

@@ -182,6 +182,8 @@ BAD_MESSAGES: dict[str, tuple[dict[str, Any], str, str]] = {
         "batch.1.originalTimestamp",
         "time zone",
     ),
+    "sentAt without zone": (segment_message(sentAt="2026-01-15T10:00:00"), "batch.1.sentAt", "time zone"),
+    "sentAt not a time": (segment_message(sentAt="yesterday"), "batch.1.sentAt", "datetime"),
     "track without event": (segment_message(event=None), "batch.1.event", "event name"),
     "track with a blank event": (segment_message(event="   "), "batch.1.event", "event name"),
     "neither userId nor anonymousId": (segment_message(anonymousId=None), "batch.1.userId", "userid or an anonymousid"),
@@ -220,6 +222,9 @@ def test_a_malformed_message_fails_its_whole_batch_naming_the_field(
     empty = _batch(api, keys.collector, [])
     if (empty.status_code, empty.json()["error"]["field"]) != (422, "batch"):
         mismatches.append(f"empty batch: expected 422 on batch, got {empty.text}")
+    naive = _batch(api, keys.collector, [segment_message(context=PERSONALIZATION)], sentAt="2026-01-15T10:00:00")
+    if (naive.status_code, naive.json()["error"]["field"]) != (422, "sentAt") or row_counts(runtime) != before:
+        mismatches.append(f"batch sentAt without zone: expected 422 on sentAt writing nothing, got {naive.text}")
 
     assert mismatches == []
 
@@ -461,6 +466,69 @@ def test_consent_collected_at_uses_the_message_timestamp_but_never_the_future(
     first, second = consent_records(runtime)
     assert first.collected_at == earlier
     assert second.collected_at <= datetime.now(UTC)
+
+
+# -- clock skew ------------------------------------------------------------------------------------
+
+
+def test_events_from_a_clock_running_ahead_are_moved_to_ours_by_sent_at(
+    api: TestClient, keys: Keys, runtime: Runtime
+) -> None:
+    """The sender's clock is two hours ahead: it stamps an event ten minutes before it sends the
+    batch. Taken as stamped, the event is from the future and the batch is refused; moved by
+    ``receivedAt - sentAt``, it happened ten minutes before we received it."""
+    skew, ago = timedelta(hours=2), timedelta(minutes=10)
+    sent = datetime.now(UTC)
+    message = segment_message(context=PERSONALIZATION, timestamp=iso(sent + skew - ago))
+
+    answer = _batch(api, keys.collector, [message], sentAt=iso(sent + skew))
+    received_by = datetime.now(UTC)
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["accepted"] == 1
+    [event] = stored_events(runtime)
+    assert sent - ago <= event.occurred_at <= received_by - ago
+
+
+def test_a_message_sent_at_beats_its_batch_and_corrects_consent_too(
+    api: TestClient, keys: Keys, runtime: Runtime
+) -> None:
+    """A clock three hours behind: the message says when it was sent (the batch says otherwise,
+    and is overruled); the consent it carries and its event are placed a minute before receipt,
+    not three hours and a minute."""
+    behind, ago = timedelta(hours=3), timedelta(minutes=1)
+    sent = datetime.now(UTC)
+    message = segment_message(context=PERSONALIZATION, timestamp=iso(sent - behind - ago), sentAt=iso(sent - behind))
+
+    answer = _batch(api, keys.collector, [message], sentAt=iso(sent + timedelta(days=1)))
+    received_by = datetime.now(UTC)
+
+    assert answer.status_code == 200, answer.text
+    [record] = consent_records(runtime)
+    [event] = stored_events(runtime)
+    for when in (record.collected_at, event.occurred_at):
+        assert sent - ago <= when <= received_by - ago
+
+
+def test_a_single_call_with_sent_at_is_corrected_and_one_without_keeps_its_stamp(
+    api: TestClient, keys: Keys, runtime: Runtime
+) -> None:
+    """``sentAt`` on a single call corrects it; without one, a past stamp is an import of past
+    events and is kept exactly."""
+    sent, ago = datetime.now(UTC), timedelta(minutes=5)
+    corrected = segment_message(context=PERSONALIZATION, timestamp=iso(sent + timedelta(hours=1) - ago))
+    corrected["sentAt"] = iso(sent + timedelta(hours=1))
+    past = sent - timedelta(days=3)
+    kept = segment_message(context=PERSONALIZATION, timestamp=iso(past))
+
+    first = api.post("/v1/track", headers=basic_auth(keys.collector), json=corrected)
+    received_by = datetime.now(UTC)
+    second = api.post("/v1/track", headers=basic_auth(keys.collector), json=kept)
+
+    assert (first.status_code, second.status_code) == (200, 200), first.text + second.text
+    old, new = stored_events(runtime)
+    assert old.occurred_at == past
+    assert sent - ago <= new.occurred_at <= received_by - ago
 
 
 def test_a_long_event_name_becomes_a_type_that_fits(api: TestClient, keys: Keys, runtime: Runtime) -> None:
