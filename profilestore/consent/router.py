@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
 
-from profilestore.audit import service as audit
 from profilestore.auth.dependencies import Collector, Privacy
 from profilestore.consent import service
 from profilestore.consent.schemas import ConsentIn, ConsentReceipt, ConsentsOut, LedgerVerification
@@ -66,12 +65,7 @@ def get_consents(subject_id: str, session: WriteSession, vault: VaultDep, caller
     if live is None:
         raise NotFound("no such subject", field="subject_id")
     lineage = identity.lineage(session, live)
-    audit.log(session, client_id=caller.client_id, action="consent.read", subject_id=live)
-    return ConsentsOut(
-        subject_id=live,
-        state=service.state(session, live),
-        history=service.history(session, vault.cipher(live, lineage), lineage),
-    )
+    return service.consents_of(session, vault.cipher(live, lineage), lineage, client_id=caller.client_id)
 
 
 @router.get("/v1/ledger/verify")

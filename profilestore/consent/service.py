@@ -24,6 +24,7 @@ from profilestore.consent.rules import GRANTED, Decision, Effective, State, deri
 from profilestore.consent.schemas import (
     ConsentIn,
     ConsentReceipt,
+    ConsentsOut,
     ConsentStatus,
     Evidence,
     HistoryRecord,
@@ -460,6 +461,17 @@ def state(session: Session, subject_id: str, now: datetime | None = None) -> lis
         )
         for purpose, s in sorted(_states(session, subject_id).items())
     ]
+
+
+def consents_of(session: Session, cipher: SubjectCipher, lineage: Sequence[str], *, client_id: str) -> ConsentsOut:
+    """A privacy client's read of the subject's consents (``cipher``'s subject, live, and its
+    ``lineage``): the state per purpose and the whole history. The read is logged."""
+    audit.log(session, client_id=client_id, action="consent.read", subject_id=cipher.subject_id)
+    return ConsentsOut(
+        subject_id=cipher.subject_id,
+        state=state(session, cipher.subject_id),
+        history=history(session, cipher, lineage),
+    )
 
 
 def history(session: Session, cipher: SubjectCipher | None, lineage: Sequence[str]) -> list[HistoryRecord]:

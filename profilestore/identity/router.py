@@ -3,30 +3,29 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 
-from profilestore.audit import service as audit
 from profilestore.auth.dependencies import Privacy
 from profilestore.deps import SettingsDep, VaultDep, WriteSession
 from profilestore.identity import service
 from profilestore.identity.schemas import ResolveIn, ResolveOut
 from profilestore.kit.errors import NotFound
+from profilestore.kit.http import error_body
 
 router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
 
 
-@router.post("/resolve")
+@router.post(
+    "/resolve", response_model=ResolveOut, responses={404: {"description": "no subject has these identifiers"}}
+)
 def resolve(
     body: ResolveIn, session: WriteSession, vault: VaultDep, settings: SettingsDep, caller: Privacy
-) -> ResolveOut:
+) -> ResolveOut | JSONResponse:
     """The subject these identifiers belong to; 404 when none. Creates and merges nothing."""
-    subject_id = service.find(session, vault, settings, body.identifiers.present())
-    audit.log(
-        session,
-        client_id=caller.client_id,
-        action="subject.resolve",
-        subject_id=subject_id,
-        detail={"identifier_kinds": sorted(body.identifiers.present()), "found": subject_id is not None},
-    )
+    subject_id = service.look_up(session, vault, settings, body.identifiers.present(), client_id=caller.client_id)
     if subject_id is None:
-        raise NotFound("no subject has these identifiers")
+        # Answered, not raised: a raised error would roll back the request's transaction, and with
+        # it the log of a lookup that found nobody (a probe is what the log is for).
+        missing = NotFound("no subject has these identifiers")
+        return JSONResponse(error_body(missing.code, missing.message), missing.status_code)
     return ResolveOut(subject_id=subject_id)

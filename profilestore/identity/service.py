@@ -21,6 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased
 
+from profilestore.audit import service as audit
 from profilestore.config import Settings
 from profilestore.consent import service as consent
 from profilestore.crypto.service import SubjectCipher, Vault
@@ -117,6 +118,22 @@ def find(session: Session, vault: Vault, settings: Settings, identifiers: dict[s
     if len(owners) > 1:
         raise Conflict("these identifiers belong to different subjects; look them up one at a time")
     return owners.pop() if owners else None
+
+
+def look_up(
+    session: Session, vault: Vault, settings: Settings, identifiers: dict[str, str], *, client_id: str
+) -> str | None:
+    """A privacy client's ``find``, logged: which kinds of identifier it asked with and whether
+    anyone was found (never the identifiers themselves)."""
+    subject_id = find(session, vault, settings, identifiers)
+    audit.log(
+        session,
+        client_id=client_id,
+        action="subject.resolve",
+        subject_id=subject_id,
+        detail={"identifier_kinds": sorted(identifiers), "found": subject_id is not None},
+    )
+    return subject_id
 
 
 def resolve(

@@ -189,6 +189,42 @@ def test_reads_of_unknown_subjects_are_logged_without_a_subject_or_identifier(
     assert UNKNOWN_ID not in everything
 
 
+def test_privacy_lookups_and_consent_reads_are_logged_without_identifiers(
+    api: TestClient, keys: Keys, runtime: Runtime
+) -> None:
+    """Privacy clients' reads are reads of personal data too: a subject lookup (found or not) and
+    a read of someone's consents each leave an entry, naming kinds of identifier, never values."""
+    subject = Store(api, keys, {"email": "ada@example.com"}).consent({"personalize": "granted"})
+    found = api.post(
+        "/v1/subjects/resolve", headers=keys.header("privacy"), json={"identifiers": {"email": "ada@example.com"}}
+    )
+    missed = api.post(
+        "/v1/subjects/resolve", headers=keys.header("admin"), json={"identifiers": {"email": "probe@example.com"}}
+    )
+    consents = api.get(f"/v1/subjects/{subject}/consents", headers=keys.header("privacy"))
+    assert (found.status_code, missed.status_code, consents.status_code) == (200, 404, 200)
+
+    with runtime.db.transaction(write=False) as session:
+        logged = [
+            (e.client_id, e.action, e.subject_id, e.detail)
+            for e in session.scalars(
+                select(AccessLogEntry)
+                .where(AccessLogEntry.action.in_(["subject.resolve", "consent.read"]))
+                .order_by(AccessLogEntry.seq)
+            )
+        ]
+        everything = str(session.execute(text("SELECT * FROM access_log")).all())
+
+    privacy, admin = _client_id(runtime, keys.privacy), _client_id(runtime, keys.admin)
+    assert logged == [
+        (privacy, "subject.resolve", subject, {"identifier_kinds": ["email"], "found": True}),
+        (admin, "subject.resolve", None, {"identifier_kinds": ["email"], "found": False}),
+        (privacy, "consent.read", subject, {}),
+    ]
+    assert "ada@example.com" not in everything and "probe@example.com" not in everything
+    assert _verify(runtime).ok
+
+
 def test_the_audit_lists_reads_of_every_subject_merged_into_one(quiet: Quiet, keys: Keys) -> None:
     api = quiet.client
     visitor = Store(api, keys, {"anonymous_id": "cookie-1"})
