@@ -36,7 +36,9 @@ def audit(
     _: Privacy,
 ) -> list[AuditEntry]:
     """Every logged access to the subject's data (its whole lineage), oldest first."""
-    recorder.flush()  # reads buffered by this process are included
+    # Reads buffered by this process are written first: before the session's first read, which
+    # fixes what it sees (SQLite's read transaction), so this stays here, not in a service.
+    recorder.flush()
     live = identity.current(session, subject_id) or subject_id
     entries = service.entries_for(session, list(identity.lineage(session, live)))
     return [

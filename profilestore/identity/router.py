@@ -10,7 +10,7 @@ from profilestore.deps import SettingsDep, VaultDep, WriteSession
 from profilestore.identity import service
 from profilestore.identity.schemas import ResolveIn, ResolveOut
 from profilestore.kit.errors import NotFound
-from profilestore.kit.http import error_body
+from profilestore.kit.http import error_response
 
 router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
 
@@ -26,6 +26,5 @@ def resolve(
     if subject_id is None:
         # Answered, not raised: a raised error would roll back the request's transaction, and with
         # it the log of a lookup that found nobody (a probe is what the log is for).
-        missing = NotFound("no subject has these identifiers")
-        return JSONResponse(error_body(missing.code, missing.message), missing.status_code)
+        return error_response(NotFound("no subject has these identifiers"))
     return ResolveOut(subject_id=subject_id)

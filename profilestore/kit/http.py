@@ -174,11 +174,17 @@ def _validation_message(err: dict[str, Any]) -> str:
     return str(err.get("msg", "invalid value"))
 
 
+def error_response(exc: DomainError) -> JSONResponse:
+    """A domain error as the API answers it: raised (the handler below), or returned by a route
+    whose transaction must still commit (a lookup that found nobody is still logged)."""
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    return JSONResponse(error_body(exc.code, exc.message, exc.field), exc.status_code, headers=headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        return JSONResponse(error_body(exc.code, exc.message, exc.field), exc.status_code, headers=headers)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
