@@ -10,6 +10,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -181,13 +182,21 @@ def error_response(exc: DomainError) -> JSONResponse:
     return JSONResponse(error_body(exc.code, exc.message, exc.field), exc.status_code, headers=headers)
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, check_caller: Callable[[Request], Awaitable[None]]) -> None:
+    """``check_caller`` decides a request's credentials where its guard left them to the route
+    (raising a DomainError): a request refused before its route runs is still refused as its
+    guard would have refused it, before its parameters are judged."""
+
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        try:
+            await check_caller(request)
+        except DomainError as refused:
+            return error_response(refused)
         first = exc.errors()[0] if exc.errors() else {}
         field = _field_of(tuple(first.get("loc", ())), str(first.get("type", "")))
         return JSONResponse(error_body("invalid", _validation_message(first), field), 422)

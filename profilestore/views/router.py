@@ -1,19 +1,20 @@
 """Views for personalisation engines: one purpose per read, nothing else.
 
 The hottest routes of the service, so they take no more from FastAPI than they need: the caller's
-guard and the parameters. The view is built (and serialised) in one piece of database work (see
-``deps.database_work``), and sent as the JSON bytes of ``ViewOut``.
+credentials and the parameters. The caller's key is looked up, and the view built and serialised,
+in one piece of database work on one connection (see ``deps.database_work`` and
+``auth.dependencies.LateRoleGuard``), and sent as the JSON bytes of ``ViewOut``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from profilestore.auth.dependencies import ViewReader
-from profilestore.auth.service import Caller
+from profilestore.auth.dependencies import Credentials, ViewReader
 from profilestore.db import read_again_if_disconnected
 from profilestore.deps import database_work, get_runtime
 from profilestore.kit.time import utcnow
@@ -25,9 +26,15 @@ router = APIRouter(tags=["views"])
 
 
 def _view_json(
-    runtime: Runtime, caller: Caller, q: service.ViewQuery, subject_ref: str | None, identifiers: dict[str, str] | None
+    runtime: Runtime,
+    credentials: Credentials,
+    ask: Callable[[], service.ViewQuery],
+    subject_ref: str | None,
+    identifiers: dict[str, str] | None,
 ) -> bytes:
     with runtime.db.read_session(transaction=False) as session:
+        caller = credentials.admit(session)  # first: a bad key gets 401, whatever else is wrong
+        q = ask()
         if identifiers is not None:
             subject_ref = service.subject_for(session, runtime.vault, runtime.settings, identifiers)
         view = service.build(
@@ -37,11 +44,15 @@ def _view_json(
 
 
 async def _respond(
-    request: Request, caller: Caller, q: service.ViewQuery, subject_ref: str | None, identifiers: dict[str, str] | None
+    request: Request,
+    credentials: Credentials,
+    ask: Callable[[], service.ViewQuery],
+    subject_ref: str | None,
+    identifiers: dict[str, str] | None,
 ) -> Response:
     runtime = get_runtime(request)
     # A view is recorded only once built: read again after a lost connection, it is logged once.
-    work = partial(_view_json, runtime, caller, q, subject_ref, identifiers)
+    work = partial(_view_json, runtime, credentials, ask, subject_ref, identifiers)
     body = await database_work(runtime.db, partial(read_again_if_disconnected, work))
     return Response(body, media_type="application/json")
 
@@ -51,7 +62,7 @@ async def get_view(
     request: Request,
     subject_id: str,
     purpose: Annotated[str, Query(min_length=1, max_length=200)],
-    caller: ViewReader,
+    credentials: ViewReader,
     include: Annotated[list[str] | None, Query(max_length=5)] = None,
     explain: bool = False,
     limit: Annotated[int | None, Query(description="recent events to include")] = None,
@@ -59,13 +70,13 @@ async def get_view(
     """The subject's view for ``purpose``. Unknown and non-consenting subjects get the same
     default view (``personalised: false``). ``include=recent_events`` adds the latest permitted
     events; ``explain=true`` (privacy, admin) lists what was left out and why."""
-    q = service.query(get_runtime(request).settings, purpose, include or [], explain, limit)
-    return await _respond(request, caller, q, subject_id, None)
+    ask = partial(service.query, get_runtime(request).settings, purpose, include or [], explain, limit)
+    return await _respond(request, credentials, ask, subject_id, None)
 
 
 @router.post("/v1/views", response_model=ViewOut)
-async def post_view(request: Request, body: ViewIn, caller: ViewReader) -> Response:
+async def post_view(request: Request, body: ViewIn, credentials: ViewReader) -> Response:
     """The same view, naming the person by identifiers (kept out of URLs) or subject id."""
-    q = service.query(get_runtime(request).settings, body.purpose, body.include, body.explain, None)
+    ask = partial(service.query, get_runtime(request).settings, body.purpose, body.include, body.explain, None)
     identifiers = body.identifiers.present() if body.identifiers is not None else None
-    return await _respond(request, caller, q, body.subject_id, identifiers)
+    return await _respond(request, credentials, ask, body.subject_id, identifiers)

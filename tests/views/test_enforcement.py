@@ -9,6 +9,7 @@ from datetime import timedelta
 from fastapi.testclient import TestClient
 
 from profilestore.app import create_app
+from profilestore.auth import service as clients
 from profilestore.kit.time import utcnow
 from profilestore.runtime import Runtime
 from tests.conftest import Keys
@@ -94,6 +95,44 @@ def test_clients_of_other_roles_may_not_read_views(api: TestClient, keys: Keys) 
     answer = get_view(api, keys.header("collector"), subject)
     assert answer.status_code == 403, answer.text
     assert get_view(api, {}, subject).status_code == 401
+
+
+def test_the_key_is_judged_before_the_parameters(api: TestClient, keys: Keys, runtime: Runtime) -> None:
+    """Views look their caller's key up in the route's own database work; a request refused
+    before the route runs (FastAPI's validation) must still be refused for its key first."""
+    revoked = reader_key(runtime, VIEW_PURPOSE, name="revoked-reader")
+    with runtime.db.transaction() as session:
+        clients.revoke_client(session, clients.authenticate(session, revoked).client_id)  # type: ignore[union-attr]
+    callers = {
+        "none": ({}, 401),
+        "unknown": (bearer("psk_" + "x" * 43), 401),
+        "revoked": (bearer(revoked), 401),
+        "collector": (keys.header("collector"), 403),
+        "reader": (keys.header("reader"), 422),
+    }
+    subject_path = "/v1/subjects/sub_0000000000000000000000/view"
+    bad_requests = {
+        "no purpose": lambda headers: api.get(subject_path, headers=headers),
+        "limit not a number": lambda headers: api.get(
+            subject_path, headers=headers, params={"purpose": VIEW_PURPOSE, "limit": "many"}
+        ),
+        "unknown section": lambda headers: api.get(
+            subject_path, headers=headers, params={"purpose": VIEW_PURPOSE, "include": "everything"}
+        ),
+        "body not an object": lambda headers: api.post("/v1/views", headers=headers, json=[VIEW_PURPOSE]),
+        "body naming nobody": lambda headers: api.post("/v1/views", headers=headers, json={"purpose": VIEW_PURPOSE}),
+    }
+    wrong = []
+    for request, send in bad_requests.items():
+        for caller, (headers, expected) in callers.items():
+            answer = send(headers)
+            if answer.status_code != expected:
+                wrong.append(f"{request}, key {caller}: {answer.status_code} {answer.text}")
+    assert not wrong, "\n".join(wrong)
+
+    answer = get_view(api, bearer(revoked), "sub_0000000000000000000000")
+    assert answer.status_code == 401, answer.text
+    assert answer.headers["WWW-Authenticate"] == "Bearer"
 
 
 def test_an_unknown_purpose_is_refused_naming_the_field(api: TestClient, keys: Keys) -> None:
