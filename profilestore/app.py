@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from profilestore import __version__, health
 from profilestore.audit.router import router as audit_router
-from profilestore.auth.dependencies import check_unchecked
+from profilestore.auth.dependencies import judge_before_refusing
 from profilestore.auth.router import router as clients_router
 from profilestore.config import Settings
 from profilestore.consent.router import router as consent_router
@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
         description="First-party consent ledger and purpose-bound profile store.",
     )
     app.state.runtime = runtime
-    install_error_handlers(app, check_caller=check_unchecked)
+    install_error_handlers(app, check_caller=judge_before_refusing)
     # The hot routes first: a request is matched against the routes in this order.
     for router in (
         views_router,

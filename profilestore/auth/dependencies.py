@@ -1,7 +1,8 @@
 """Who may call a route is part of its signature: ``caller: Collector``. The guard objects carry
 their roles, so the authorisation matrix can be read off the routes (see the role-matrix test).
 Views take ``credentials: ViewReader`` and admit their caller in their own database work
-(``LateRoleGuard``)."""
+(``LateRoleGuard``). Whatever else is wrong with a request, a bad key is what it is told first
+(``judge_before_refusing``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
@@ -51,6 +53,9 @@ def _admitted(caller: Caller, roles: frozenset[Role]) -> Caller:
     return caller
 
 
+_ADMITTED = "profilestore_caller_admitted"
+
+
 class RoleGuard:
     """A dependency admitting clients whose role is one of ``roles``."""
 
@@ -60,8 +65,18 @@ class RoleGuard:
     async def __call__(
         self, request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
     ) -> Caller:
-        caller = await caller_from_key(request, credentials.credentials if credentials else None)
-        return _admitted(caller, self.roles)
+        return await self.judge(request, credentials.credentials if credentials else None)
+
+    def key_in(self, authorization: str | None) -> str | None:
+        """The client key in an ``Authorization`` header, as this guard reads it: a Bearer token."""
+        scheme, _, value = (authorization or "").partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else None
+
+    async def judge(self, request: Request, key: str | None) -> Caller:
+        """The caller holding ``key``, if this guard admits it (else 401 or 403)."""
+        caller = _admitted(await caller_from_key(request, key), self.roles)
+        setattr(request.state, _ADMITTED, True)
+        return caller
 
 
 @dataclass(frozen=True)
@@ -77,34 +92,20 @@ class Credentials:
         return _admitted(_known(authenticate(connection, self.key)), self.roles)
 
 
-_UNCHECKED = "profilestore_unchecked_credentials"
-
-
 class LateRoleGuard(RoleGuard):
     """A guard for the hottest routes (views), whose lookup of the key is left to the route.
 
     Looked up here, the key took a database round of its own — on PostgreSQL a trip to the thread
-    pool, a pooled connection and a round trip — before the route's own. The guard still decides
-    first whenever the route does not run: FastAPI validates a route's parameters after its guards
-    and answers a bad one before the route; the handler of that answer looks the key up first
-    (``check_unchecked``), so a bad key still gets 401 or 403, never 422."""
+    pool, a pooled connection and a round trip — before the route's own. When the route does not
+    run (FastAPI judges its parameters after its guards and answers a bad one itself), the key
+    is still decided first: see ``judge_before_refusing``."""
 
     async def __call__(  # type: ignore[override]
         self, request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
     ) -> Credentials:
         if credentials is None or not credentials.credentials:
             raise Unauthenticated(MISSING_KEY)
-        unchecked = Credentials(credentials.credentials, self.roles)
-        setattr(request.state, _UNCHECKED, unchecked)
-        return unchecked
-
-
-async def check_unchecked(request: Request) -> None:
-    """Decide a late guard's key before a request is answered without reaching its route: raises
-    401 or 403 as the guard would have. Nothing to do for other requests."""
-    unchecked: Credentials | None = getattr(request.state, _UNCHECKED, None)
-    if unchecked is not None:
-        _admitted(await caller_from_key(request, unchecked.key), unchecked.roles)
+        return Credentials(credentials.credentials, self.roles)
 
 
 class WriteKeyGuard(RoleGuard):
@@ -114,16 +115,41 @@ class WriteKeyGuard(RoleGuard):
     async def __call__(  # type: ignore[override]
         self, request: Request, authorization: Annotated[str | None, Header()] = None
     ) -> Caller:
-        key = None
+        return await self.judge(request, self.key_in(authorization))
+
+    def key_in(self, authorization: str | None) -> str | None:
         scheme, _, value = (authorization or "").partition(" ")
         if scheme.lower() == "basic":
             try:
-                key = base64.b64decode(value.strip(), validate=True).decode().split(":", 1)[0]
+                return base64.b64decode(value.strip(), validate=True).decode().split(":", 1)[0]
             except (binascii.Error, UnicodeDecodeError):
-                key = None
-        elif scheme.lower() == "bearer":
-            key = value.strip()
-        return _admitted(await caller_from_key(request, key), self.roles)
+                return None
+        return super().key_in(authorization)
+
+
+def guard_of(dependant: Dependant) -> RoleGuard | None:
+    """The role guard among a route's dependencies (a route states its roles once)."""
+    for dependency in dependant.dependencies:
+        if isinstance(dependency.call, RoleGuard):
+            return dependency.call
+        found = guard_of(dependency)
+        if found is not None:
+            return found
+    return None
+
+
+async def judge_before_refusing(request: Request) -> None:
+    """Decide the caller of a request refused before its route ran, as its guard would, raising
+    401 or 403: the key is judged before anything else about a request. FastAPI parses a JSON
+    body before it calls the guards, and a late guard leaves its lookup to the route: in both
+    cases a request with a bad key would otherwise learn what is wrong with its parameters.
+    Nothing to do once a guard has admitted the caller, or for a route without a guard."""
+    if getattr(request.state, _ADMITTED, False):
+        return
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    guard = guard_of(dependant) if dependant is not None else None
+    if guard is not None:
+        await guard.judge(request, guard.key_in(request.headers.get("authorization")))
 
 
 Collector = Annotated[Caller, Depends(RoleGuard(Role.collector))]

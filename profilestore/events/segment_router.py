@@ -48,6 +48,7 @@ async def _payload(request: Request) -> Any:
         raise InvalidInput("body is not valid JSON", field="body") from exc
 
 
+# Routes list it after their guard: dependencies run in order, and the key is judged first.
 Payload = Annotated[Any, Depends(_payload)]
 
 
@@ -75,7 +76,7 @@ def _run(
 
 @router.post("/v1/batch")
 def batch(
-    payload: Payload, request: Request, session: WriteSession, vault: VaultDep, settings: SettingsDep, caller: WriteKey
+    caller: WriteKey, payload: Payload, request: Request, session: WriteSession, vault: VaultDep, settings: SettingsDep
 ) -> SegmentAnswer:
     """A batch of Segment messages (as SDKs flush them)."""
     parsed: SegmentBatch = _parse(SegmentBatch, payload)
@@ -90,12 +91,12 @@ def batch(
 
 def _single_call(kind: str) -> Callable[..., SegmentAnswer]:
     def handler(
+        caller: WriteKey,
         payload: Payload,
         request: Request,
         session: WriteSession,
         vault: VaultDep,
         settings: SettingsDep,
-        caller: WriteKey,
     ) -> SegmentAnswer:
         if not isinstance(payload, dict):
             raise InvalidInput("body must be a JSON object", field="body")

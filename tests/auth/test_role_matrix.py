@@ -163,6 +163,20 @@ def test_each_role_reaches_exactly_the_routes_it_is_allowed(runtime: Runtime, ap
     assert not wrong, "\n".join(wrong)
 
 
+def test_a_body_that_is_not_json_is_judged_by_its_key_first(runtime: Runtime, api: TestClient, keys: Keys) -> None:
+    """FastAPI parses a JSON body before it runs the route's guard: the key must still be judged
+    first, or anybody could probe what a route makes of a body."""
+    wrong = []
+    for endpoint in [e for e in endpoints(runtime) if e.roles is not None and e.method in ("POST", "PUT", "PATCH")]:
+        for role in [None, *ROLES]:
+            headers = {"Content-Type": "application/json", **(keys.header(role) if role else {})}
+            answer = api.request(endpoint.method, endpoint.url(), headers=headers, content=b'{"purpose": ')
+            expected = 401 if role is None else 422 if role in endpoint.roles else 403
+            if answer.status_code != expected or (expected == 422 and answer.json()["error"]["field"] != "body"):
+                wrong.append(f"{role} {endpoint.method} {endpoint.url()}: expected {expected}, got {answer.text}")
+    assert not wrong, "\n".join(wrong)
+
+
 def _assert_unauthenticated_everywhere(runtime: Runtime, api: TestClient, headers: dict[str, str]) -> None:
     wrong = []
     for endpoint in endpoints(runtime):
