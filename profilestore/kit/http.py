@@ -183,9 +183,9 @@ def error_response(exc: DomainError) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI, check_caller: Callable[[Request], Awaitable[None]]) -> None:
-    """``check_caller`` decides a request's credentials where its guard left them to the route
-    (raising a DomainError): a request refused before its route runs is still refused as its
-    guard would have refused it, before its parameters are judged."""
+    """``check_caller`` judges the caller of a request that FastAPI refuses before its route runs
+    (a body that is not JSON, a bad parameter), as the route's guard would, raising a DomainError:
+    a bad key is refused as such before anything about the request's content is said."""
 
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
