@@ -38,8 +38,20 @@ app.add_typer(signals_app, name="signals")
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Folder of the embedded databases and key")]
 
 
+class _AlembicChatter(logging.Filter):
+    """Drops what Alembic says at INFO each time it looks at a schema (which database driver, what
+    it assumes of DDL): every command migrates first, and those lines buried each command's own
+    output. What it changes ("Running upgrade …") is still said."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(("Context impl", "Will assume"))
+
+
 def _runtime(data_dir: Path | None = None) -> Runtime:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    chatty = logging.getLogger("alembic.runtime.migration")
+    if not any(isinstance(f, _AlembicChatter) for f in chatty.filters):
+        chatty.addFilter(_AlembicChatter())
     if data_dir is not None:
         os.environ["PROFILESTORE_DATA_DIR"] = str(data_dir)
     try:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 from sqlalchemy import text
@@ -168,3 +172,27 @@ def test_signals_rebuild_recomputes_cleared_signals_from_the_stored_events(
     assert {d: [(s["value"], s["evidence"]) for s in v] for d, v in after.items()} == {
         d: [(s["value"], s["evidence"]) for s in v] for d, v in before.items()
     }
+
+
+def test_commands_say_what_migrations_ran_and_nothing_else_of_alembic(tmp_path: Path) -> None:
+    """In a process of its own, as an operator runs it: logging is set up by the command."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROFILESTORE_")}
+
+    def command(*args: str) -> subprocess.CompletedProcess[str]:
+        code = "from profilestore.cli import app; app()"
+        done = subprocess.run(
+            [sys.executable, "-c", code, *args, "--data-dir", str(tmp_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        return done
+
+    first = command("migrate")
+    assert "Running upgrade" in first.stderr
+    assert "Context impl" not in first.stderr and "Will assume" not in first.stderr
+
+    again = command("clients", "list")
+    assert "alembic" not in again.stderr, again.stderr
