@@ -140,6 +140,17 @@ def test_an_unreachable_data_database_answers_503(api: TestClient, keys: Keys, r
             assert answer.status_code == 503, f"{method} {path}: {answer.status_code} {answer.text}"
             assert answer.json()["error"]["code"] == "unavailable"
             assert "nobody" not in answer.text and "127.0.0.1" not in answer.text
+        # Refused before their routes run, these are judged by their key first, which needs the
+        # database too: an outage, not a 500.
+        for method, path, role, content in [
+            ("GET", "/v1/subjects/sub_x/view", "reader", None),  # no purpose
+            ("POST", "/v1/views", "reader", b"{"),
+            ("POST", "/v1/consents", "collector", b"{"),
+        ]:
+            headers = {**keys.header(role), "Content-Type": "application/json"}
+            answer = api.request(method, path, headers=headers, content=content)
+            assert answer.status_code == 503, f"{method} {path}: {answer.status_code} {answer.text}"
+            assert answer.json()["error"]["code"] == "unavailable"
         assert api.get("/readyz").status_code == 503
     finally:
         runtime.db.dispose()
