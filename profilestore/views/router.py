@@ -1,9 +1,10 @@
 """Views for personalisation engines: one purpose per read, nothing else.
 
 The hottest routes of the service, so they take no more from FastAPI than they need: the caller's
-credentials and the parameters. The caller's key is looked up, and the view built and serialised,
-in one piece of database work on one connection (see ``deps.database_work`` and
-``auth.dependencies.LateRoleGuard``), and sent as the JSON bytes of ``ViewOut``.
+credentials and the parameters (the GET's query as one model, ``ViewParams``). The caller's key is
+looked up, and the view built and serialised, in one piece of database work on one connection
+(see ``deps.database_work`` and ``auth.dependencies.LateRoleGuard``), and sent as the JSON bytes
+of ``ViewOut``.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from profilestore.auth.dependencies import Credentials, ViewReader
+from profilestore.auth.dependencies import BEARER_DOCUMENTED, Credentials, ViewReader
 from profilestore.db import read_again_if_disconnected
 from profilestore.deps import database_work, get_runtime
 from profilestore.kit.time import utcnow
 from profilestore.runtime import Runtime
 from profilestore.views import service
-from profilestore.views.schemas import ViewIn, ViewOut
+from profilestore.views.schemas import ViewIn, ViewOut, ViewParams
 
 router = APIRouter(tags=["views"])
 
@@ -57,24 +58,22 @@ async def _respond(
     return Response(body, media_type="application/json")
 
 
-@router.get("/v1/subjects/{subject_id}/view", response_model=ViewOut)
+@router.get("/v1/subjects/{subject_id}/view", response_model=ViewOut, openapi_extra=BEARER_DOCUMENTED)
 async def get_view(
     request: Request,
     subject_id: str,
-    purpose: Annotated[str, Query(min_length=1, max_length=200)],
     credentials: ViewReader,
-    include: Annotated[list[str] | None, Query(max_length=5)] = None,
-    explain: bool = False,
-    limit: Annotated[int | None, Query(description="recent events to include")] = None,
+    params: Annotated[ViewParams, Query()],
 ) -> Response:
     """The subject's view for ``purpose``. Unknown and non-consenting subjects get the same
     default view (``personalised: false``). ``include=recent_events`` adds the latest permitted
     events; ``explain=true`` (privacy, admin) lists what was left out and why."""
-    ask = partial(service.query, get_runtime(request).settings, purpose, include or [], explain, limit)
+    p = params
+    ask = partial(service.query, get_runtime(request).settings, p.purpose, p.include or [], p.explain, p.limit)
     return await _respond(request, credentials, ask, subject_id, None)
 
 
-@router.post("/v1/views", response_model=ViewOut)
+@router.post("/v1/views", response_model=ViewOut, openapi_extra=BEARER_DOCUMENTED)
 async def post_view(request: Request, body: ViewIn, credentials: ViewReader) -> Response:
     """The same view, naming the person by identifiers (kept out of URLs) or subject id."""
     ask = partial(service.query, get_runtime(request).settings, body.purpose, body.include, body.explain, None)

@@ -163,6 +163,20 @@ def test_each_role_reaches_exactly_the_routes_it_is_allowed(runtime: Runtime, ap
     assert not wrong, "\n".join(wrong)
 
 
+def test_every_guarded_route_documents_how_its_key_is_sent(runtime: Runtime, api: TestClient) -> None:
+    """Read off /openapi.json: a bearer security requirement, or the Authorization header (the
+    Segment routes' write key). The views' guard reads the header itself and states it."""
+    spec = api.get("/openapi.json").json()
+    assert "HTTPBearer" in spec["components"]["securitySchemes"]
+    undocumented = []
+    for endpoint in [e for e in endpoints(runtime) if e.roles is not None]:
+        operation = spec["paths"][endpoint.path][endpoint.method.lower()]
+        headers = {p["name"].lower() for p in operation.get("parameters", []) if p["in"] == "header"}
+        if {"HTTPBearer": []} not in operation.get("security", []) and "authorization" not in headers:
+            undocumented.append(f"{endpoint.method} {endpoint.path}")
+    assert not undocumented
+
+
 def test_a_body_that_is_not_json_is_judged_by_its_key_first(runtime: Runtime, api: TestClient, keys: Keys) -> None:
     """FastAPI parses a JSON body before it runs the route's guard: the key must still be judged
     first, or anybody could probe what a route makes of a body."""
