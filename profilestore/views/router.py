@@ -68,8 +68,8 @@ async def get_view(
     """The subject's view for ``purpose``. Unknown and non-consenting subjects get the same
     default view (``personalised: false``). ``include=recent_events`` adds the latest permitted
     events; ``explain=true`` (privacy, admin) lists what was left out and why."""
-    p = params
-    ask = partial(service.query, get_runtime(request).settings, p.purpose, p.include or [], p.explain, p.limit)
+    settings = get_runtime(request).settings
+    ask = partial(service.query, settings, params.purpose, params.include or [], params.explain, params.limit)
     return await _respond(request, credentials, ask, subject_id, None)
 
 
