@@ -9,6 +9,7 @@ from ipaddress import ip_address
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from profilestore.identity.schemas import Identifiers
+from profilestore.purposes.schemas import NoticeVersion
 
 
 class ConsentStatus(StrEnum):
@@ -28,7 +29,7 @@ class ConsentItem(_In):
 
 class NoticeRef(_In):
     key: str = Field(min_length=1, max_length=100)
-    version: int = Field(ge=1)
+    version: NoticeVersion
 
 
 class Evidence(_In):

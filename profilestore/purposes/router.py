@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
 
 from profilestore.auth.dependencies import Admin, AnyClient
 from profilestore.deps import ReadSession, SettingsDep, WriteSession
 from profilestore.purposes import service
 from profilestore.purposes.schemas import (
+    MAX_NOTICE_VERSION,
     CategoryIn,
     CategoryOut,
     NoticeIn,
@@ -64,5 +67,7 @@ def list_notices(session: ReadSession, _: AnyClient) -> list[NoticeOut]:
 
 
 @router.get("/notices/{key}/{version}")
-def get_notice(key: str, version: int, session: ReadSession, _: AnyClient) -> NoticeWithText:
+def get_notice(
+    key: str, version: Annotated[int, Path(ge=1, le=MAX_NOTICE_VERSION)], session: ReadSession, _: AnyClient
+) -> NoticeWithText:
     return service.get_notice(session, key, version)

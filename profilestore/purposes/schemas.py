@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,9 +55,15 @@ class CategoryOut(BaseModel):
     is_default: bool
 
 
+# A notice's version is a 32-bit INTEGER column on PostgreSQL: larger numbers are refused as
+# input, not met as an overflow in the database (which answered 500).
+MAX_NOTICE_VERSION = 2**31 - 1
+NoticeVersion = Annotated[int, Field(ge=1, le=MAX_NOTICE_VERSION)]
+
+
 class NoticeIn(_In):
     key: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    version: int = Field(ge=1)
+    version: NoticeVersion
     text: str = Field(min_length=1, max_length=200_000)
     purposes: list[str] = Field(min_length=1, max_length=200)
 

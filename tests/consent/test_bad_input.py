@@ -199,6 +199,8 @@ def test_bad_purposes_notices_and_statuses_are_refused_naming_the_field(
         case("status in capitals", body(purposes={"personalize": "GRANTED"}), "consents.0.status", "granted"),
         case("no decisions", body(consents=[]), "consents", "at least 1"),
         case("notice version zero", body(notice={"key": "signup", "version": 0}), "notice.version", "greater than"),
+        case("notice version past 32 bits", body(notice={"key": "signup", "version": 2**31}), "notice.version", "less"),
+        case("notice version past 64 bits", body(notice={"key": "signup", "version": 2**63}), "notice.version", "less"),
         case("no notice", without("notice"), "notice", "required"),
         case("empty source", body(source=""), "source", "at least 1"),
     ]

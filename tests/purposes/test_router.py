@@ -279,6 +279,8 @@ def test_a_notice_for_an_unknown_purpose_is_refused(api: TestClient, keys: Keys,
 def test_a_malformed_notice_is_refused(api: TestClient, keys: Keys) -> None:
     for changes, field in [
         ({"version": 0}, "version"),
+        ({"version": 2**31}, "version"),  # beyond the column (PostgreSQL's INTEGER)
+        ({"version": 2**63}, "version"),  # beyond SQLite's: was a 500
         ({"text": ""}, "text"),
         ({"purposes": []}, "purposes"),
         ({"key": "a b"}, "key"),
@@ -295,3 +297,6 @@ def test_a_notice_version_reads_back_with_its_text(api: TestClient, keys: Keys) 
     assert answer.json() == {**published, "text": NEWSLETTER["text"]}
     missing = api.get("/v1/notices/newsletter/2", headers=keys.header("privacy"))
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    for version in (2**31, 2**63):
+        beyond = api.get(f"/v1/notices/newsletter/{version}", headers=keys.header("privacy"))
+        assert beyond.status_code == 422 and beyond.json()["error"]["field"] == "version", beyond.text
