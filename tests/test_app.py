@@ -6,6 +6,7 @@ from fastapi.testclient import TestClient
 
 from profilestore.app import create_app
 from profilestore.runtime import Runtime
+from tests.conftest import Keys
 
 
 def test_healthz_and_readyz_answer_without_credentials(runtime: Runtime) -> None:
@@ -57,3 +58,23 @@ def test_metrics_are_for_admins_and_label_routes_by_template(runtime: Runtime) -
     assert scraped.status_code == 200
     assert 'route="/v1/subjects/{subject_id}/consents"' in scraped.text
     assert "sub_secret_id" not in scraped.text
+
+
+def test_text_holding_a_nul_character_is_never_a_server_error(api: TestClient, keys: Keys, backend: str) -> None:
+    """PostgreSQL's text cannot hold U+0000 (its driver refuses the value): that is the client's
+    input, answered 422 with nothing written. SQLite stores such text; a lookup by it finds nobody."""
+    notice = {"key": "nul", "version": 1, "text": "We \u0000 personalise.", "purposes": ["personalize"]}
+    published = api.post("/v1/notices", headers=keys.header("admin"), json=notice)
+    lookups = [
+        api.put("/v1/purposes/personalize.a%00b", headers=keys.header("admin"), json={"name": "x"}),
+        api.get("/v1/subjects/sub_%00/view", headers=keys.header("reader"), params={"purpose": "personalize.content"}),
+        api.get("/v1/audit", headers=keys.header("privacy"), params={"subject_id": "sub_\u0000"}),
+    ]
+    for answer in [published, *lookups]:
+        assert answer.status_code < 500, answer.text
+    if backend == "postgresql":
+        assert published.status_code == 422, published.text
+        assert "NUL" in published.json()["error"]["message"]
+        assert api.get("/v1/notices/nul/1", headers=keys.header("admin")).status_code == 404, "nothing was written"
+    else:
+        assert published.status_code == 201, published.text

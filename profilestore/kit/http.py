@@ -17,7 +17,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -182,6 +182,13 @@ def error_response(exc: DomainError) -> JSONResponse:
     return JSONResponse(error_body(exc.code, exc.message, exc.field), exc.status_code, headers=headers)
 
 
+def _holds_nul(exc: SQLAlchemyError) -> bool:
+    """Whether the database refused a value for holding a NUL character: PostgreSQL's text cannot
+    (its driver refuses the parameter before sending it). The client's input, not our fault: 422.
+    SQLite stores such text; a lookup by it finds nothing."""
+    return isinstance(exc, DataError) and "NUL (0x00)" in str(exc.orig)
+
+
 def install_error_handlers(app: FastAPI, check_caller: Callable[[Request], Awaitable[None]]) -> None:
     """``check_caller`` judges the caller of a request that FastAPI refuses before its route runs
     (a body that is not JSON, a bad parameter), as the route's guard would, raising a DomainError:
@@ -227,6 +234,10 @@ def install_error_handlers(app: FastAPI, check_caller: Callable[[Request], Await
             log.error("database unavailable (request %s): %s", request_id, type(exc.orig).__name__)
             return JSONResponse(
                 error_body("unavailable", "the database is unavailable; nothing was written, retry later"), 503
+            )
+        if _holds_nul(exc):
+            return JSONResponse(
+                error_body("invalid", "text must not contain NUL (U+0000) characters; nothing was written"), 422
             )
         # Engines hide statement parameters, so the traceback carries no personal values.
         log.error("database error (request %s): %s", request_id, type(exc).__name__, exc_info=exc)
