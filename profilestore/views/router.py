@@ -15,7 +15,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from profilestore.auth.dependencies import BEARER_DOCUMENTED, Credentials, ViewReader
+from profilestore.auth.dependencies import Credentials, ViewReader
 from profilestore.db import read_again_if_disconnected
 from profilestore.deps import database_work, get_runtime
 from profilestore.kit.time import utcnow
@@ -58,7 +58,7 @@ async def _respond(
     return Response(body, media_type="application/json")
 
 
-@router.get("/v1/subjects/{subject_id}/view", response_model=ViewOut, openapi_extra=BEARER_DOCUMENTED)
+@router.get("/v1/subjects/{subject_id}/view", response_model=ViewOut)
 async def get_view(
     request: Request,
     subject_id: str,
@@ -73,7 +73,7 @@ async def get_view(
     return await _respond(request, credentials, ask, subject_id, None)
 
 
-@router.post("/v1/views", response_model=ViewOut, openapi_extra=BEARER_DOCUMENTED)
+@router.post("/v1/views", response_model=ViewOut)
 async def post_view(request: Request, body: ViewIn, credentials: ViewReader) -> Response:
     """The same view, naming the person by identifiers (kept out of URLs) or subject id."""
     ask = partial(service.query, get_runtime(request).settings, body.purpose, body.include, body.explain, None)
