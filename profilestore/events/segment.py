@@ -83,7 +83,7 @@ def traits_of(message: SegmentMessage) -> dict[str, Any]:
     return {**(from_context if isinstance(from_context, dict) else {}), **(message.traits or {})}
 
 
-def _when(message: SegmentMessage, now: datetime) -> datetime:
+def _when(message: SegmentMessage, now: datetime, index: int) -> datetime:
     """When the message happened, on our clock, by Segment's rule: the time its sender stamped,
     moved by how far the sender's clock was off when it sent the message (``timestamp =
     receivedAt - (sentAt - originalTimestamp)``). A phone whose clock runs ten minutes ahead
@@ -94,7 +94,11 @@ def _when(message: SegmentMessage, now: datetime) -> datetime:
         return now
     if message.sentAt is None:
         return stamped
-    return stamped + (now - message.sentAt)
+    try:
+        return stamped + (now - message.sentAt)
+    except OverflowError:
+        # A sentAt centuries off: no clock is that wrong, and the corrected time is off the calendar.
+        raise InvalidInput("sentAt is too far from now to correct the time by", field=f"batch.{index}.sentAt") from None
 
 
 def _evidence(context: SegmentContext | None) -> Evidence | None:
@@ -140,7 +144,7 @@ def _trait_preferences(message: SegmentMessage, settings: Settings) -> list[Pref
 class _Plan:
     """One validated batch: what to apply before the events, and the events."""
 
-    people: list[tuple[int, SegmentMessage, dict[str, str]]]
+    people: list[tuple[SegmentMessage, dict[str, str], datetime]]  # with when each happened
     events: events.PreparedBatch
 
 
@@ -159,8 +163,9 @@ def _validate(
                 raise InvalidInput(exc.message, field=f"batch.{index}.{exc.field}") from exc
         if message.type == "alias" and not (message.userId and message.previousId):
             raise InvalidInput("an alias call needs userId and previousId", field=f"batch.{index}.previousId")
+        when = _when(message, now, index)
         if message.type in ("identify", "alias") or consent_decisions(message.context, settings):
-            people.append((index, message, ids))
+            people.append((message, ids, when))
         if message.type in ("track", "page", "screen"):
             properties = dict(message.properties or {})
             if message.type in EVENT_TYPES and message.name:
@@ -171,7 +176,7 @@ def _validate(
                     identifiers=ids,
                     type=kind,
                     properties=properties,
-                    occurred_at=_when(message, now),
+                    occurred_at=when,
                     message_id=message.messageId or f"generated-{uuid.uuid4()}",
                     category=events.default_category(settings, kind),
                 )
@@ -196,8 +201,9 @@ def process(
 ) -> events.IngestReport:
     """Apply one Segment batch; returns the event counts (accepted, duplicates, dropped by reason)."""
     plan = _validate(session, vault, settings, batch, now)
-    for _, message, ids in plan.people:
-        _apply_person(session, vault, settings, message, ids, client_id=client_id, gpc=gpc, now=now)
+    for message, ids, when in plan.people:
+        # A consent or identify stamped ahead of our clock counts as now.
+        _apply_person(session, vault, settings, message, ids, min(when, now), client_id=client_id, gpc=gpc, now=now)
     if gpc:
         known = identity.known_by_indexes(session, plan.events.indexes)
         for subject_id in sorted({k.subject_id for k in known if k}):
@@ -211,12 +217,12 @@ def _apply_person(
     settings: Settings,
     message: SegmentMessage,
     ids: dict[str, str],
+    when: datetime,
     *,
     client_id: str,
     gpc: bool,
     now: datetime,
 ) -> None:
-    when = min(_when(message, now), now)  # a consent or identify stamped ahead of our clock counts as now
     if message.type == "alias":
         ids = {**ids, **_previous(session, vault, settings, message.previousId or "")}
     decisions = consent_decisions(message.context, settings)

@@ -184,6 +184,17 @@ BAD_MESSAGES: dict[str, tuple[dict[str, Any], str, str]] = {
     ),
     "sentAt without zone": (segment_message(sentAt="2026-01-15T10:00:00"), "batch.1.sentAt", "time zone"),
     "sentAt not a time": (segment_message(sentAt="yesterday"), "batch.1.sentAt", "datetime"),
+    # Corrected by sentAt, these would fall off the calendar (found by schemathesis: a 500).
+    "sentAt three thousand years after the stamp": (
+        segment_message(timestamp="1000-01-01T00:00:00Z", sentAt="4026-01-01T00:00:00Z"),
+        "batch.1.sentAt",
+        "too far from now",
+    ),
+    "identify stamped at the calendar's end, sent long ago": (
+        segment_message("identify", userId="u-9", timestamp="9999-12-30T00:00:00Z", sentAt="2000-01-01T00:00:00Z"),
+        "batch.1.sentAt",
+        "too far from now",
+    ),
     "track without event": (segment_message(event=None), "batch.1.event", "event name"),
     "track with a blank event": (segment_message(event="   "), "batch.1.event", "event name"),
     "neither userId nor anonymousId": (segment_message(anonymousId=None), "batch.1.userId", "userid or an anonymousid"),
