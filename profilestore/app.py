@@ -19,6 +19,7 @@ from profilestore.events.segment_router import router as segment_router
 from profilestore.identity.router import router as subjects_router
 from profilestore.kit import memory
 from profilestore.kit.http import BatchSpreadMiddleware, RequestContextMiddleware, install_error_handlers
+from profilestore.kit.openapi import complete_openapi
 from profilestore.preferences.router import router as preferences_router
 from profilestore.purposes.router import router as purposes_router
 from profilestore.runtime import Runtime
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     )
     app.state.runtime = runtime
     install_error_handlers(app, check_caller=judge_before_refusing)
+    complete_openapi(app)
     # The hot routes first: a request is matched against the routes in this order.
     for router in (
         views_router,

@@ -8,6 +8,7 @@ from profilestore.auth import service
 from profilestore.auth.dependencies import Admin
 from profilestore.auth.schemas import ClientCreated, ClientIn, ClientOut
 from profilestore.deps import ReadSession, WriteSession
+from profilestore.kit.openapi import errors
 
 router = APIRouter(prefix="/v1/clients", tags=["admin"])
 
@@ -23,7 +24,7 @@ def list_clients(session: ReadSession, _: Admin) -> list[ClientOut]:
     return service.list_clients(session)
 
 
-@router.delete("/{client_id}")
+@router.delete("/{client_id}", responses=errors(404, why_404="No such client"))
 def revoke_client(client_id: str, session: WriteSession, _: Admin) -> ClientOut:
     """Revoke a client's key at once, on every process (keys are checked on every request)."""
     return service.revoke_client(session, client_id)

@@ -13,6 +13,7 @@ from profilestore.deps import ReadSession, SettingsDep, VaultDep, WriteSession
 from profilestore.identity import service as identity
 from profilestore.kit import idempotency
 from profilestore.kit.errors import NotFound
+from profilestore.kit.openapi import errors
 from profilestore.kit.time import utcnow
 
 router = APIRouter(tags=["consent"])
@@ -58,7 +59,7 @@ def post_consents(
     return receipt
 
 
-@router.get("/v1/subjects/{subject_id}/consents")
+@router.get("/v1/subjects/{subject_id}/consents", responses=errors(404, why_404="No such subject"))
 def get_consents(subject_id: str, session: WriteSession, vault: VaultDep, caller: Privacy) -> ConsentsOut:
     """Current state per purpose and the full ledger history (evidence decrypted) of a subject."""
     live = identity.current(session, subject_id)

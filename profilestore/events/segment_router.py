@@ -16,8 +16,9 @@ from pydantic import ValidationError
 from profilestore.auth.dependencies import WriteKey
 from profilestore.deps import SettingsDep, VaultDep, WriteSession, get_runtime
 from profilestore.events import segment
-from profilestore.events.segment_schemas import SegmentAnswer, SegmentBatch, SegmentMessage
+from profilestore.events.segment_schemas import SegmentAnswer, SegmentBatch, SegmentCall, SegmentMessage
 from profilestore.kit.errors import InvalidInput, PayloadTooLarge
+from profilestore.kit.openapi import json_body
 from profilestore.kit.time import utcnow
 
 router = APIRouter(tags=["segment"])
@@ -74,7 +75,7 @@ def _run(
     )
 
 
-@router.post("/v1/batch")
+@router.post("/v1/batch", openapi_extra=json_body(SegmentBatch))
 def batch(
     caller: WriteKey, payload: Payload, request: Request, session: WriteSession, vault: VaultDep, settings: SettingsDep
 ) -> SegmentAnswer:
@@ -109,4 +110,10 @@ def _single_call(kind: str) -> Callable[..., SegmentAnswer]:
 
 
 for _kind in SINGLE_CALLS:
-    router.add_api_route(f"/v1/{_kind}", _single_call(_kind), methods=["POST"], response_model=SegmentAnswer)
+    router.add_api_route(
+        f"/v1/{_kind}",
+        _single_call(_kind),
+        methods=["POST"],
+        response_model=SegmentAnswer,
+        openapi_extra=json_body(SegmentCall),
+    )

@@ -45,6 +45,12 @@ class SegmentMessage(BaseModel):
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+class SegmentCall(SegmentMessage):
+    """A single call's body (``/v1/track`` …), for the API's documentation: the path gives the type."""
+
+    type: MessageType | None = None  # type: ignore[assignment]
+
+
 class SegmentBatch(BaseModel):
     model_config = ConfigDict(extra="allow")
 

@@ -11,12 +11,17 @@ from profilestore.identity import service
 from profilestore.identity.schemas import ResolveIn, ResolveOut
 from profilestore.kit.errors import NotFound
 from profilestore.kit.http import error_response
+from profilestore.kit.openapi import errors
 
 router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
 
 
 @router.post(
-    "/resolve", response_model=ResolveOut, responses={404: {"description": "no subject has these identifiers"}}
+    "/resolve",
+    response_model=ResolveOut,
+    responses=errors(
+        404, 409, why_404="No subject has these identifiers", why_409="The identifiers belong to different subjects"
+    ),
 )
 def resolve(
     body: ResolveIn, session: WriteSession, vault: VaultDep, settings: SettingsDep, caller: Privacy
