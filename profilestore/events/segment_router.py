@@ -18,6 +18,7 @@ from profilestore.deps import SettingsDep, VaultDep, WriteSession, get_runtime
 from profilestore.events import segment
 from profilestore.events.segment_schemas import SegmentAnswer, SegmentBatch, SegmentCall, SegmentMessage
 from profilestore.kit.errors import InvalidInput, PayloadTooLarge
+from profilestore.kit.http import unparsable_body
 from profilestore.kit.openapi import json_body
 from profilestore.kit.time import utcnow
 
@@ -47,6 +48,8 @@ async def _payload(request: Request) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput("body is not valid JSON", field="body") from exc
+    except RecursionError as exc:
+        raise unparsable_body(exc) from None
 
 
 # Routes list it after their guard: dependencies run in order, and the key is judged first.

@@ -74,6 +74,26 @@ class PreparedBatch:
     indexes: Sequence[tuple[bytes, ...]] = ()  # filled in by intake (identity's part)
 
 
+# How deep an event's properties may nest (the properties object is level 1). No analytics payload
+# comes near it; a much deeper one (Python's parser reads about 1,000 levels) was stored, and then
+# every view showing the event failed, as no serialiser of ours writes past about 255.
+MAX_PROPERTY_DEPTH = 32
+
+
+def _deeper_than(value: Any, levels: int) -> bool:
+    """Whether ``value`` nests objects and arrays more than ``levels`` deep (``value`` is level 1)."""
+    pending = [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if level > levels:
+            return True
+        pending.extend((child, level + 1) for child in children)
+    return False
+
+
 def prepare(
     vault: Vault,
     settings: Settings,
@@ -94,6 +114,15 @@ def prepare(
         if len(payload) > limits.max_event_bytes:
             raise PayloadTooLarge(
                 f"event properties are {len(payload)} bytes; the limit is {limits.max_event_bytes}",
+                field=f"{field_prefix.format(index=index)}properties",
+            )
+        # At most one bracket per level: only a payload with more brackets than levels allowed can be
+        # nested too deep, so the walk is left for those.
+        if payload.count(b"{") + payload.count(b"[") > MAX_PROPERTY_DEPTH and _deeper_than(
+            event.properties, MAX_PROPERTY_DEPTH
+        ):
+            raise InvalidInput(
+                f"event properties are nested more than {MAX_PROPERTY_DEPTH} levels deep",
                 field=f"{field_prefix.format(index=index)}properties",
             )
         if event.occurred_at > latest:

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from profilestore import metrics
 from profilestore.crypto.keyring import MasterKeyError
-from profilestore.kit.errors import DomainError
+from profilestore.kit.errors import DomainError, InvalidInput
 
 log = logging.getLogger("profilestore.http")
 
@@ -189,6 +189,14 @@ def _holds_nul(exc: SQLAlchemyError) -> bool:
     return isinstance(exc, DataError) and "NUL (0x00)" in str(exc.orig)
 
 
+def unparsable_body(cause: BaseException) -> InvalidInput:
+    """The refusal of a body the JSON parser gave up on: bytes that are not UTF-8, or arrays and
+    objects nested deeper than Python's parser goes (it would otherwise end in a 500)."""
+    if isinstance(cause, RecursionError):
+        return InvalidInput("body is nested too deeply", field="body")
+    return InvalidInput("body is not valid UTF-8 JSON", field="body")
+
+
 def install_error_handlers(app: FastAPI, check_caller: Callable[[Request], Awaitable[None]]) -> None:
     """``check_caller`` judges the caller of a request that FastAPI refuses before its route runs
     (a body that is not JSON, a bad parameter), as the route's guard would, raising a DomainError:
@@ -198,18 +206,30 @@ def install_error_handlers(app: FastAPI, check_caller: Callable[[Request], Await
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
         return error_response(exc)
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def refusal_of_caller(request: Request) -> JSONResponse | None:
         try:
             await check_caller(request)
         except DomainError as refused:
             return error_response(refused)
+        return None
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if refusal := await refusal_of_caller(request):
+            return refusal
         first = exc.errors()[0] if exc.errors() else {}
         field = _field_of(tuple(first.get("loc", ())), str(first.get("type", "")))
         return JSONResponse(error_body("invalid", _validation_message(first), field), 422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI could not read the body it was to parse as JSON (bytes that are not UTF-8,
+            # say): refused, like a body that is not JSON, after the key (FastAPI's 400 said
+            # nothing of the key, and not which part of the request was wrong).
+            if refusal := await refusal_of_caller(request):
+                return refusal
+            return error_response(unparsable_body(exc.__cause__))
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status_code, "http_error"
         )

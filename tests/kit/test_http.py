@@ -14,7 +14,7 @@ from profilestore.app import create_app
 from profilestore.kit.http import BatchSpreadMiddleware
 from profilestore.runtime import Runtime
 from tests.conftest import Keys, consent_body, row_counts
-from tests.events.support import event, grant
+from tests.events.support import basic_auth, event, grant
 
 EMAIL = "ada.lovelace@example.com"
 
@@ -295,3 +295,66 @@ def test_a_batch_answered_alone_keeps_its_connection(api: TestClient, keys: Keys
     )
     assert answer.status_code == 200 and answer.json()["accepted"] == 1
     assert "close" not in answer.headers.get("connection", "")
+
+
+def _nested(depth: int) -> str:
+    return '{"a": ' * depth + "1" + "}" * depth
+
+
+def test_a_body_the_json_parser_gives_up_on_is_a_422_on_body_and_writes_nothing(
+    api: TestClient, keys: Keys, runtime: Runtime
+) -> None:
+    """Bytes that are not UTF-8 were FastAPI's own 400 (saying nothing of which part was wrong);
+    nesting deeper than Python's parser goes was a 500 on the Segment routes."""
+    before = row_counts(runtime)
+    deep = ("[" * 100_000 + "]" * 100_000).encode()
+    cases = [
+        ("/v1/consents", keys.header("collector"), b'\xff{"a": 1}', "not valid UTF-8 JSON"),
+        ("/v1/events", keys.header("collector"), deep, "nested too deeply"),
+        ("/v1/consents", keys.header("collector"), deep, "nested too deeply"),
+        ("/v1/batch", keys.header("collector"), deep, "nested too deeply"),
+    ]
+    for path, headers, body, words in cases:
+        answer = api.post(path, headers={**headers, "Content-Type": "application/json"}, content=body)
+        error = _assert_error_shape(answer, 422, "invalid")
+        assert (error["field"], words in error["message"]) == ("body", True), (path, answer.text)
+    assert row_counts(runtime) == before
+
+
+def test_event_properties_nest_at_most_32_levels_and_those_that_do_are_read_back(
+    api: TestClient, keys: Keys, runtime: Runtime
+) -> None:
+    """Properties nested 900 deep were stored, and from then on every view showing recent events
+    of that person answered 500 (pydantic serialises about 255 levels)."""
+    subject_id = grant(api, keys, {"anonymous_id": "deep-1"})
+    headers = {**keys.header("collector"), "Content-Type": "application/json"}
+
+    def batch(message_id: str, depth: int) -> str:
+        # Written out by hand: the properties object is level 1, ``_nested(n)`` nests n objects.
+        body = json.dumps({"events": [event({"anonymous_id": "deep-1"}, message_id, properties={"x": 1})]})
+        return body.replace('{"x": 1}', _nested(depth))
+
+    before = row_counts(runtime)
+    for depth in (33, 900):
+        refused = api.post("/v1/events", headers=headers, content=batch(f"deep-{depth}", depth))
+        error = _assert_error_shape(refused, 422, "invalid")
+        assert (error["field"], "32 levels" in error["message"]) == ("events.0.properties", True), refused.text
+        assert row_counts(runtime) == before
+    segment = {**basic_auth(keys.collector), "Content-Type": "application/json"}
+    track = '{"anonymousId": "deep-1", "event": "Viewed", "properties": ' + _nested(33) + "}"
+    error = _assert_error_shape(api.post("/v1/track", headers=segment, content=track), 422, "invalid")
+    assert error["field"] == "batch.0.properties"
+
+    answer = api.post("/v1/events", headers=headers, content=batch("deep-32", 32))
+    assert answer.status_code == 200 and answer.json()["accepted"] == 1, answer.text
+    read = api.get(
+        f"/v1/subjects/{subject_id}/view",
+        headers=keys.header("reader"),
+        params={"purpose": "personalize.content.profiling", "include": "recent_events"},
+    )
+    assert read.status_code == 200, read.text
+    properties = read.json()["recent_events"][0]["properties"]
+    depth = 0
+    while isinstance(properties, dict):
+        properties, depth = properties["a"], depth + 1
+    assert (depth, properties) == (32, 1)
