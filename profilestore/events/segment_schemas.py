@@ -3,9 +3,9 @@ and RudderStack SDKs. Unknown fields are allowed (the spec grows); known ones ar
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 
 class SegmentContext(BaseModel):
@@ -19,14 +19,21 @@ class SegmentContext(BaseModel):
 
 MessageType = Literal["track", "page", "screen", "identify", "alias", "group"]
 
+# SDKs accept numeric user ids and send them as JSON numbers: read as text, documented as either.
+SegmentId = Annotated[
+    str | None,
+    Field(default=None, max_length=512),
+    WithJsonSchema({"anyOf": [{"type": "string", "maxLength": 512}, {"type": "integer"}, {"type": "null"}]}),
+]
+
 
 class SegmentMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     type: MessageType
     messageId: str | None = Field(default=None, min_length=1, max_length=200)
-    userId: str | None = Field(default=None, max_length=512)
-    anonymousId: str | None = Field(default=None, max_length=512)
+    userId: SegmentId = None
+    anonymousId: SegmentId = None
     timestamp: AwareDatetime | None = None
     originalTimestamp: AwareDatetime | None = None
     sentAt: AwareDatetime | None = None
@@ -34,8 +41,8 @@ class SegmentMessage(BaseModel):
     name: str | None = Field(default=None, max_length=200)
     properties: dict[str, Any] | None = None
     traits: dict[str, Any] | None = None
-    previousId: str | None = Field(default=None, max_length=512)
-    groupId: str | None = Field(default=None, max_length=512)
+    previousId: SegmentId = None
+    groupId: SegmentId = None
     context: SegmentContext | None = None
 
     @field_validator("userId", "anonymousId", "previousId", "groupId", mode="before")
@@ -48,7 +55,7 @@ class SegmentMessage(BaseModel):
 class SegmentCall(SegmentMessage):
     """A single call's body (``/v1/track`` …), for the API's documentation: the path gives the type."""
 
-    type: MessageType | None = None  # type: ignore[assignment]
+    type: Any = Field(default=None, description="ignored: the path gives the call's type")
 
 
 class SegmentBatch(BaseModel):
