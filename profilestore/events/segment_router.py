@@ -46,9 +46,7 @@ async def _payload(request: Request) -> Any:
             raise PayloadTooLarge(f"decompressed body is larger than {limit} bytes", field="body")
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput("body is not valid JSON", field="body") from exc
-    except RecursionError as exc:
+    except (ValueError, RecursionError) as exc:  # not UTF-8 or not JSON (both ValueErrors), or too deep
         raise unparsable_body(exc) from None
 
 

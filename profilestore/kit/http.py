@@ -190,11 +190,11 @@ def _holds_nul(exc: SQLAlchemyError) -> bool:
 
 
 def unparsable_body(cause: BaseException) -> InvalidInput:
-    """The refusal of a body the JSON parser gave up on: bytes that are not UTF-8, or arrays and
-    objects nested deeper than Python's parser goes (it would otherwise end in a 500)."""
+    """The refusal of a body the JSON parser gave up on: text that is not JSON, bytes that are not
+    UTF-8, or arrays and objects nested deeper than Python's parser goes (a RecursionError)."""
     if isinstance(cause, RecursionError):
         return InvalidInput("body is nested too deeply", field="body")
-    return InvalidInput("body is not valid UTF-8 JSON", field="body")
+    return InvalidInput("body is not valid JSON (UTF-8)", field="body")
 
 
 def install_error_handlers(app: FastAPI, check_caller: Callable[[Request], Awaitable[None]]) -> None:

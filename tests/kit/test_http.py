@@ -309,7 +309,8 @@ def test_a_body_the_json_parser_gives_up_on_is_a_422_on_body_and_writes_nothing(
     before = row_counts(runtime)
     deep = ("[" * 100_000 + "]" * 100_000).encode()
     cases = [
-        ("/v1/consents", keys.header("collector"), b'\xff{"a": 1}', "not valid UTF-8 JSON"),
+        ("/v1/consents", keys.header("collector"), b'\xff{"a": 1}', "not valid JSON (UTF-8)"),
+        ("/v1/batch", keys.header("collector"), b'\xff{"a": 1}', "not valid JSON (UTF-8)"),
         ("/v1/events", keys.header("collector"), deep, "nested too deeply"),
         ("/v1/consents", keys.header("collector"), deep, "nested too deeply"),
         ("/v1/batch", keys.header("collector"), deep, "nested too deeply"),
