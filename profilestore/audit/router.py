@@ -10,9 +10,9 @@ from pydantic import BaseModel
 
 from profilestore.audit import service
 from profilestore.auth.dependencies import Privacy
-from profilestore.consent.schemas import LedgerVerification
 from profilestore.deps import ReadSession, RecorderDep
 from profilestore.identity import service as identity
+from profilestore.kit.chain import Verification
 
 router = APIRouter(tags=["audit"])
 
@@ -57,9 +57,8 @@ def audit(
 
 
 @router.get("/v1/audit/verify")
-def verify_access_log(session: ReadSession, recorder: RecorderDep, _: Privacy) -> LedgerVerification:
+def verify_access_log(session: ReadSession, recorder: RecorderDep, _: Privacy) -> Verification:
     """Walk the access log's hash chain (this process's buffered reads written first);
     ``first_bad`` names the first broken link."""
     recorder.flush()
-    result = service.verify(session)
-    return LedgerVerification(ok=result.ok, records=result.records, first_bad=result.first_bad)
+    return service.verify(session)

@@ -8,10 +8,11 @@ from fastapi import APIRouter, Header, Response
 
 from profilestore.auth.dependencies import Collector, Privacy
 from profilestore.consent import service
-from profilestore.consent.schemas import ConsentIn, ConsentReceipt, ConsentsOut, LedgerVerification
+from profilestore.consent.schemas import ConsentIn, ConsentReceipt, ConsentsOut
 from profilestore.deps import ReadSession, SettingsDep, VaultDep, WriteSession
 from profilestore.identity import service as identity
 from profilestore.kit import idempotency
+from profilestore.kit.chain import Verification
 from profilestore.kit.errors import NotFound
 from profilestore.kit.openapi import errors
 from profilestore.kit.time import utcnow
@@ -70,7 +71,6 @@ def get_consents(subject_id: str, session: WriteSession, vault: VaultDep, caller
 
 
 @router.get("/v1/ledger/verify")
-def verify_ledger(session: ReadSession, _: Privacy) -> LedgerVerification:
+def verify_ledger(session: ReadSession, _: Privacy) -> Verification:
     """Walk the consent ledger's hash chain; ``first_bad`` names the first broken link."""
-    result = service.verify(session)
-    return LedgerVerification(ok=result.ok, records=result.records, first_bad=result.first_bad)
+    return service.verify(session)

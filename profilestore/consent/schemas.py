@@ -107,9 +107,3 @@ class ConsentsOut(BaseModel):
     subject_id: str
     state: list[StateOut]
     history: list[HistoryRecord]
-
-
-class LedgerVerification(BaseModel):
-    ok: bool
-    records: int
-    first_bad: dict[str, object] | None

@@ -142,6 +142,9 @@ class ChainWriter:
 
 @dataclass
 class Verification:
+    """A walk of a chain: whether every link holds, how many records it walked, and the first that
+    does not hold (its id and why). Routes answer it as it is."""
+
     ok: bool
     records: int
     first_bad: dict[str, Any] | None
