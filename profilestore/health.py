@@ -35,7 +35,7 @@ class Readiness(BaseModel):
 )
 def readyz(request: Request) -> JSONResponse:
     runtime = get_runtime(request)
-    checks = {}
+    checks: dict[str, Literal["ok", "unavailable"]] = {}
     for name, database in (("database", runtime.db), ("keystore", runtime.keystore)):
         try:
             with database.read_engine.connect() as conn:
@@ -44,7 +44,8 @@ def readyz(request: Request) -> JSONResponse:
         except Exception:  # any failure means not ready; the reason goes to the log, not the caller
             checks[name] = "unavailable"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503)
+    readiness = Readiness(status="ready" if ready else "unavailable", checks=checks)
+    return JSONResponse(readiness.model_dump(), 200 if ready else 503)
 
 
 @router.get("/metrics", response_class=Response)

@@ -24,7 +24,7 @@ def list_clients(session: ReadSession, _: Admin) -> list[ClientOut]:
     return service.list_clients(session)
 
 
-@router.delete("/{client_id}", responses=errors(404, why_404="No such client"))
+@router.delete("/{client_id}", responses=errors({404: "No such client"}))
 def revoke_client(client_id: str, session: WriteSession, _: Admin) -> ClientOut:
     """Revoke a client's key at once, on every process (keys are checked on every request)."""
     return service.revoke_client(session, client_id)

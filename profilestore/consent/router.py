@@ -60,7 +60,7 @@ def post_consents(
     return receipt
 
 
-@router.get("/v1/subjects/{subject_id}/consents", responses=errors(404, why_404="No such subject"))
+@router.get("/v1/subjects/{subject_id}/consents", responses=errors({404: "No such subject"}))
 def get_consents(subject_id: str, session: WriteSession, vault: VaultDep, caller: Privacy) -> ConsentsOut:
     """Current state per purpose and the full ledger history (evidence decrypted) of a subject."""
     live = identity.current(session, subject_id)

@@ -19,9 +19,7 @@ router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
 @router.post(
     "/resolve",
     response_model=ResolveOut,
-    responses=errors(
-        404, 409, why_404="No subject has these identifiers", why_409="The identifiers belong to different subjects"
-    ),
+    responses=errors({404: "No subject has these identifiers", 409: "The identifiers belong to different subjects"}),
 )
 def resolve(
     body: ResolveIn, session: WriteSession, vault: VaultDep, settings: SettingsDep, caller: Privacy

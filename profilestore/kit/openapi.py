@@ -11,46 +11,28 @@ only it can answer (404, 409) with ``errors(...)``.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
+
+from profilestore.kit.http import ErrorBody
 
 REF = "#/components/schemas/{model}"
-
-
-class ErrorDetail(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    code: str
-    message: str
-    field: str | None = None
-
-
-class ErrorBody(BaseModel):
-    """Every error the service answers: a code, a message that never echoes the submitted value,
-    and the field at fault when there is one."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    error: ErrorDetail
 
 
 WHY = {
     401: "No key, or an unknown or revoked one",
     403: "The key's role (or, for a reader, its purposes) does not allow this",
-    404: "Not found",
-    409: "Conflicts with what is stored",
     413: "The body is larger than this route's limit",
     422: "Invalid input; `field` names the first problem",
     503: "The database is unavailable; nothing was written, retry later",
 }
 
 
-def errors(*statuses: int, **why: str) -> dict[int | str, dict[str, Any]]:
-    """``responses=`` for a route's own errors, e.g. ``errors(404, why_404="no such purpose")``."""
-    return {status: {"model": ErrorBody, "description": why.get(f"why_{status}", WHY[status])} for status in statuses}
+def errors(why: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route's own errors, by status, e.g. ``errors({404: "No such purpose"})``."""
+    return {status: {"model": ErrorBody, "description": description} for status, description in why.items()}
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:
@@ -96,10 +78,9 @@ def _complete(document: dict[str, Any]) -> None:
             statuses.add("413")
         for status in statuses:
             responses[status] = {"description": WHY[int(status)], "content": error}
-    # FastAPI's own 422 shapes, once no operation names them.
-    for own in ("HTTPValidationError", "ValidationError"):
-        if REF.format(model=own) not in json.dumps(document):
-            schemas.pop(own, None)
+    # FastAPI's own 422 shapes: every 422 above now names ours.
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
 
 
 def _operations(document: dict[str, Any]) -> list[dict[str, Any]]:

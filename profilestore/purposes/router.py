@@ -29,7 +29,7 @@ def list_purposes(session: ReadSession, _: AnyClient) -> list[PurposeOut]:
     return service.list_purposes(session)
 
 
-@router.get("/purposes/{key}", responses=errors(404, why_404="No such purpose"))
+@router.get("/purposes/{key}", responses=errors({404: "No such purpose"}))
 def get_purpose(key: str, session: ReadSession, _: AnyClient) -> PurposeOut:
     return service.get_purpose(session, key)
 
@@ -46,7 +46,7 @@ def list_categories(session: ReadSession, _: AnyClient) -> list[CategoryOut]:
     return service.list_categories(session)
 
 
-@router.put("/categories/{key}", responses=errors(409, why_409="Default categories cannot be changed"))
+@router.put("/categories/{key}", responses=errors({409: "Default categories cannot be changed"}))
 def put_category(key: str, body: CategoryIn, session: WriteSession, _: Admin) -> CategoryOut:
     """Add a data category beneath an existing one."""
     return service.put_category(session, key, body)
@@ -57,7 +57,7 @@ def put_category(key: str, body: CategoryIn, session: WriteSession, _: Admin) ->
     status_code=201,
     responses={
         200: {"model": NoticeOut, "description": "This version was published before, with the same content"},
-        **errors(409, why_409="This version was published before, with other content"),
+        **errors({409: "This version was published before, with other content"}),
     },
 )
 def publish_notice(body: NoticeIn, response: Response, session: WriteSession, caller: Admin) -> NoticeOut:
@@ -74,7 +74,7 @@ def list_notices(session: ReadSession, _: AnyClient) -> list[NoticeOut]:
     return service.list_notices(session)
 
 
-@router.get("/notices/{key}/{version}", responses=errors(404, why_404="No such notice version"))
+@router.get("/notices/{key}/{version}", responses=errors({404: "No such notice version"}))
 def get_notice(
     key: str, version: Annotated[int, Path(ge=1, le=MAX_NOTICE_VERSION)], session: ReadSession, _: AnyClient
 ) -> NoticeWithText:

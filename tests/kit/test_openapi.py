@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from profilestore.kit.openapi import ErrorBody
+from profilestore.kit.http import ErrorBody
 from tests.conftest import Keys
 
 ERROR_REF = "#/components/schemas/ErrorBody"
