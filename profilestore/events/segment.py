@@ -241,8 +241,9 @@ def _apply_person(
             identifiers=Identifiers(**ids), preferences=items, source=settings.segment.source, declared_at=when
         )
         prepared = preferences.prepare(session, settings, body, now=now)
+        _, status = identity.live_status(session, resolution.subject_id) or ("", "active")
         allowed = consent.collectable_categories(session, resolution.subject_id)
-        preferences.store(session, resolution.cipher(vault), prepared, allowed, client_id=client_id)
+        preferences.store(session, resolution.cipher(vault), prepared, status, allowed, client_id=client_id)
 
 
 def _previous(session: Session, vault: Vault, settings: Settings, previous: str) -> dict[str, str]:

@@ -45,32 +45,42 @@ def prepare(session: Session, settings: Settings, body: PreferencesIn, *, now: d
     return PreparedPreferences(body)
 
 
+def admitted(
+    prepared: PreparedPreferences, subject_status: str, allowed_categories: Iterable[str]
+) -> list[PreferenceItem]:
+    """The preferences that may be collected: those whose category ``allowed_categories`` (the
+    union of the policies of the subject's purposes in force) covers; none for a restricted
+    subject, whose processing has stopped."""
+    if subject_status == "restricted":
+        return []
+    allowed = list(allowed_categories)
+    return [item for item in prepared.body.preferences if covers(allowed, item.category)]
+
+
+def nothing_stored(prepared: PreparedPreferences, subject_id: str | None) -> PreferencesStored:
+    """The answer for a post of which nothing may be kept (no subject, no consent, restricted)."""
+    keys = [item.key for item in prepared.body.preferences]
+    return PreferencesStored(subject_id=subject_id, stored=0, dropped=len(keys), dropped_keys=keys)
+
+
 def store(
     session: Session,
-    cipher: SubjectCipher | None,
+    cipher: SubjectCipher,
     prepared: PreparedPreferences,
+    subject_status: str,
     allowed_categories: Iterable[str],
     *,
     client_id: str,
 ) -> PreferencesStored:
-    """Store the preferences whose category ``allowed_categories`` covers; count the rest.
-
-    ``allowed_categories`` is the union of the policies of the purposes in force for the subject;
-    ``cipher`` is None when there is no subject (then nothing can be stored).
-    """
+    """Store the preferences ``admitted``; count the rest as dropped."""
     body = prepared.body
-    allowed = list(allowed_categories)
-    stored, dropped = 0, []
-    for item in body.preferences:
-        if cipher is None or not covers(allowed, item.category):
-            dropped.append(item.key)
-            continue
+    kept = admitted(prepared, subject_status, allowed_categories)
+    for item in kept:
         _add_version(session, cipher, item, body.source, body.declared_at, client_id)
-        stored += 1
     session.flush()
-    return PreferencesStored(
-        subject_id=cipher.subject_id if cipher else None, stored=stored, dropped=len(dropped), dropped_keys=dropped
-    )
+    kept_keys = {item.key for item in kept}
+    dropped = [item.key for item in body.preferences if item.key not in kept_keys]
+    return PreferencesStored(subject_id=cipher.subject_id, stored=len(kept), dropped=len(dropped), dropped_keys=dropped)
 
 
 def _current(session: Session, subject_id: str, key: str) -> Preference | None:

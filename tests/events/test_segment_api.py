@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from profilestore.audit.models import AccessLogEntry
 from profilestore.runtime import Runtime
@@ -417,6 +417,18 @@ def test_identify_traits_are_not_kept_when_no_purpose_in_force_covers_user_prefe
     subject = _subject_of(api, keys, {"anonymous_id": "anon-seg-1"})
     assert subject is not None
     assert current_preferences(runtime, subject) == {}
+    assert row_counts(runtime)["preferences"] == 0
+
+
+def test_identify_traits_of_a_restricted_subject_are_not_kept(api: TestClient, keys: Keys, runtime: Runtime) -> None:
+    _batch(api, keys.collector, [segment_message(context=PERSONALIZATION)])
+    subject = _subject_of(api, keys, {"anonymous_id": "anon-seg-1"})
+    with runtime.db.transaction() as session:
+        session.execute(text("UPDATE subjects SET status = 'restricted' WHERE id = :id"), {"id": subject})
+
+    answer = _batch(api, keys.collector, [segment_message("identify", traits={"favourite_brand": "Acme"})])
+
+    assert answer.status_code == 200, answer.text
     assert row_counts(runtime)["preferences"] == 0
 
 

@@ -14,7 +14,7 @@ from profilestore.preferences import service as preferences
 from profilestore.preferences.models import Preference
 from profilestore.runtime import Runtime
 from tests.conftest import CONSENT_VALID_DAYS, Keys, row_counts
-from tests.identity.support import keystore_rows, post_consent, post_preferences, pref
+from tests.identity.support import keystore_rows, post_consent, post_preferences, pref, resolve, resolved_id
 
 ADA = {"email": "ada@example.com"}
 
@@ -118,6 +118,42 @@ def test_after_withdrawal_of_the_only_grant_new_preferences_are_dropped(
     body = _stored(post_preferences(api, keys, ADA, [pref("colour", "blue"), pref("size", "M")]))
     assert body == {"subject_id": subject, "stored": 0, "dropped": 2, "dropped_keys": ["colour", "size"]}
     assert len(_rows(runtime)) == 1
+
+
+def test_a_post_of_which_nothing_is_kept_links_no_identifier_and_merges_nobody(
+    api: TestClient, keys: Keys, runtime: Runtime
+) -> None:
+    denied = post_consent(api, keys, purposes={"personalize": "denied"})["subject_id"]
+    other = post_consent(api, keys, email=None, identifiers={"anonymous_id": "anon-7"})["subject_id"]
+    before, keys_before = row_counts(runtime), keystore_rows(runtime)
+    # Ada's email (she denied) beside a new user id, and beside another person's cookie: linking
+    # either would write, and neither post keeps a preference.
+    for identifiers in ({**ADA, "user_id": "u-ada"}, {**ADA, "anonymous_id": "anon-7"}):
+        body = _stored(post_preferences(api, keys, identifiers, [pref("colour", "red")]))
+        assert body == {"subject_id": denied, "stored": 0, "dropped": 1, "dropped_keys": ["colour"]}
+    assert row_counts(runtime) == before
+    assert keystore_rows(runtime) == keys_before
+    assert resolve(api, keys, {"user_id": "u-ada"}).status_code == 404
+    assert resolved_id(api, keys, {"anonymous_id": "anon-7"}) == other
+
+
+def test_a_post_that_keeps_a_preference_links_its_new_identifiers(
+    api: TestClient, keys: Keys, runtime: Runtime
+) -> None:
+    subject = post_consent(api, keys, purposes={"personalize": "granted"})["subject_id"]
+    body = _stored(post_preferences(api, keys, {**ADA, "user_id": "u-ada"}, [pref("colour", "red")]))
+    assert (body["subject_id"], body["stored"]) == (subject, 1)
+    assert resolved_id(api, keys, {"user_id": "u-ada"}) == subject
+
+
+def test_a_restricted_subject_gets_nothing_stored_or_linked(api: TestClient, keys: Keys, runtime: Runtime) -> None:
+    subject = post_consent(api, keys, purposes={"personalize": "granted"})["subject_id"]
+    with runtime.db.transaction() as session:
+        session.execute(text("UPDATE subjects SET status = 'restricted' WHERE id = :id"), {"id": subject})
+    before = row_counts(runtime)
+    body = _stored(post_preferences(api, keys, {**ADA, "user_id": "u-ada"}, [pref("colour", "red")]))
+    assert body == {"subject_id": subject, "stored": 0, "dropped": 1, "dropped_keys": ["colour"]}
+    assert row_counts(runtime) == before
 
 
 def test_an_expired_grant_does_not_allow_collection(api: TestClient, keys: Keys, runtime: Runtime) -> None:
