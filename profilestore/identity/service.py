@@ -322,6 +322,8 @@ def _merge(
     session.add(SubjectMerge(subject_id=loser, merged_into=survivor, merged_at=now, client_id=client_id))
     loser_row = session.get(Subject, loser)
     assert loser_row is not None
+    if loser_row.status == "restricted":  # a restriction is the person's: the merged person keeps it
+        session.execute(update(Subject).where(Subject.id == survivor).values(status="restricted", updated_at=now))
     loser_row.status, loser_row.merged_into, loser_row.updated_at = "merged", survivor, now
     session.flush()
     consent.absorb(session, survivor, lineage(session, survivor), loser)

@@ -187,6 +187,23 @@ def test_a_preference_post_naming_two_subjects_merges_them_too(api: TestClient, 
     assert _current_preferences(runtime, survivor) == {"color": "teal"}
 
 
+def test_a_restriction_survives_a_merge_into_an_unrestricted_subject(
+    api: TestClient, keys: Any, runtime: Runtime
+) -> None:
+    survivor = post_consent(api, keys, identifiers={"anonymous_id": "a1"}, purposes={"personalize": "granted"})
+    loser = post_consent(api, keys, identifiers={"email": "x@y.z"}, purposes={"personalize": "granted"})
+    with runtime.db.transaction() as session:
+        session.execute(text("UPDATE subjects SET status = 'restricted' WHERE id = :id"), {"id": loser["subject_id"]})
+    merged = post_consent(api, keys, identifiers={"anonymous_id": "a1", "email": "x@y.z"})
+    assert merged["subject_id"] == survivor["subject_id"]
+    with runtime.db.transaction(write=False) as session:
+        row = session.get(Subject, survivor["subject_id"])
+        assert row is not None and row.status == "restricted"
+    # and so the merged person's preferences are no longer collected
+    answer = post_preferences(api, keys, {"anonymous_id": "a1"}, [pref("color", "teal")])
+    assert answer.json()["stored"] == 0, answer.text
+
+
 def test_a_chain_of_merges_flattens_onto_the_final_survivor(api: TestClient, keys: Any, runtime: Runtime) -> None:
     ids_a, ids_b, ids_c, ids_d = {"anonymous_id": "a"}, {"email": "b@x.io"}, {"user_id": "c"}, {"loyalty_id": "d"}
     a = _consent(api, keys, ids_a, {"personalize": "granted"}, "2026-01-01T10:00:00Z", "ua-a")["subject_id"]
