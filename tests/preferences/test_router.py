@@ -156,6 +156,16 @@ def test_a_restricted_subject_gets_nothing_stored_or_linked(api: TestClient, key
     assert row_counts(runtime) == before
 
 
+def test_a_post_that_merges_in_a_restricted_person_keeps_nothing(api: TestClient, keys: Keys, runtime: Runtime) -> None:
+    subject = post_consent(api, keys, purposes={"personalize": "granted"})["subject_id"]
+    other = post_consent(api, keys, identifiers={"anonymous_id": "anon-7"}, purposes={"personalize": "granted"})
+    with runtime.db.transaction() as session:
+        session.execute(text("UPDATE subjects SET status = 'restricted' WHERE id = :id"), {"id": other["subject_id"]})
+    body = _stored(post_preferences(api, keys, {**ADA, "anonymous_id": "anon-7"}, [pref("colour", "red")]))
+    assert body == {"subject_id": subject, "stored": 0, "dropped": 1, "dropped_keys": ["colour"]}
+    assert _rows(runtime) == []
+
+
 def test_an_expired_grant_does_not_allow_collection(api: TestClient, keys: Keys, runtime: Runtime) -> None:
     # Collected a month longer ago than grants stay in force.
     collected = datetime.now(UTC) - timedelta(days=CONSENT_VALID_DAYS + 30)
