@@ -10,6 +10,7 @@ afterwards it reads through a fresh in-process runtime once the server has stopp
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import hashlib
@@ -863,6 +864,32 @@ def load_average(note_above: float) -> list[float]:
     if load[0] > note_above:
         print(f"note: the machine is busy (load average {load[0]}): figures will be low", file=sys.stderr)
     return load
+
+
+def add_run_options(
+    parser: argparse.ArgumentParser, *, database_help: str, max_seconds: float, max_seconds_help: str
+) -> None:
+    """The options every bench takes: the workload's seed, where its JSON goes, the PostgreSQL to
+    run on instead of the embedded SQLite store, where its temporary folders go, and how long a
+    phase may run. ``check_run_options`` checks them once parsed."""
+    parser.add_argument("--seed", type=int, default=1, help="workload seed (default 1)")
+    parser.add_argument("--json-out", type=Path, help="also write the JSON result to this file")
+    parser.add_argument("--database-url", help=database_help)
+    parser.add_argument("--tmp-dir", type=Path, help="where the temporary data folders go (default: system temp)")
+    parser.add_argument("--max-seconds", type=float, default=max_seconds, help=max_seconds_help)
+
+
+def check_run_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.database_url and not args.database_url.startswith("postgresql"):
+        parser.error("--database-url must be a postgresql:// URL (the default is the embedded SQLite store)")
+
+
+def begin(note_above: float) -> list[float]:
+    """What every bench does first: stop cleanly (removing what it made) on SIGTERM, quiet the
+    libraries' loggers, and read the load average (noting a busy machine). Returns the load."""
+    stop_on_sigterm()
+    quiet()
+    return load_average(note_above=note_above)
 
 
 def parse_workers(text: str) -> list[int]:

@@ -46,13 +46,13 @@ from bench.common import (  # noqa: E402
     Failed,
     Phase,
     Store,
-    load_average,
+    add_run_options,
+    begin,
+    check_run_options,
     machine_info,
     open_store,
-    quiet,
     row_counts,
     run_concurrently,
-    stop_on_sigterm,
 )
 from bench.workload import GPC_PURPOSES, ConsentPost, Workload, generate  # noqa: E402
 from profilestore import migrate  # noqa: E402
@@ -330,36 +330,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
     parser.add_argument("--workers", type=int, default=1, help="server processes of `profilestore serve` (default 1)")
     parser.add_argument("--warmup", type=int, default=100, help="untimed posts sent first (default 100)")
-    parser.add_argument("--seed", type=int, default=1, help="workload seed (default 1)")
-    parser.add_argument("--json-out", type=Path, help="also write the JSON result to this file")
-    parser.add_argument(
-        "--database-url",
-        help="bench PostgreSQL: the data database (postgresql+psycopg://…/[name]), missing or empty, default name "
-        "bench_consent_<pid>; the key store stays SQLite; the baseline uses scratch databases <name>_baseline_<pid> "
-        "and <name>_serial_<pid>",
-    )
     parser.add_argument(
         "--no-idempotency-keys",
         action="store_true",
         help="strip the Idempotency-Key header the workload's server-side forms send (to measure what it costs)",
     )
-    parser.add_argument("--tmp-dir", type=Path, help="where the temporary data folder goes (default: system temp)")
-    parser.add_argument(
-        "--max-seconds", type=float, default=1800, help="stop sending after this long per run (default 1800)"
+    add_run_options(
+        parser,
+        database_help="bench PostgreSQL: the data database (postgresql+psycopg://…/[name]), missing or empty, "
+        "default name bench_consent_<pid>; the key store stays SQLite; the baseline uses scratch databases "
+        "<name>_baseline_<pid> and <name>_serial_<pid>",
+        max_seconds=1800,
+        max_seconds_help="stop sending after this long per run (default 1800)",
     )
     args = parser.parse_args(argv)
     if args.posts < 1 or args.concurrency < 1 or args.workers < 1 or args.warmup < 0:
         parser.error("--posts, --concurrency and --workers must be at least 1, --warmup at least 0")
-    if args.database_url and not args.database_url.startswith("postgresql"):
-        parser.error("--database-url must be a postgresql:// URL (the default is the embedded SQLite store)")
+    check_run_options(parser, args)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    stop_on_sigterm()
-    quiet()
-    load_before = load_average(note_above=1.0)
+    load_before = begin(note_above=1.0)
     total = args.warmup + args.posts
     started = datetime.now(UTC)
     workload = generate(args.seed, total)

@@ -56,15 +56,15 @@ from bench.common import (  # noqa: E402
     Phase,
     ServedProcess,
     Store,
-    load_average,
+    add_run_options,
+    begin,
+    check_run_options,
     machine_info,
     open_store,
     parse_workers,
     py_spy,
-    quiet,
     row_counts,
     run_concurrently,
-    stop_on_sigterm,
 )
 from bench.workload import COOKIE_BANNER, USER_AGENTS, iso  # noqa: E402
 from profilestore import migrate  # noqa: E402
@@ -856,16 +856,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--unknown-share", type=float, default=0.03, help="share of sessions from non-consenting visitors (0.03)"
     )
-    parser.add_argument("--seed", type=int, default=1, help="workload seed (default 1)")
-    parser.add_argument("--json-out", type=Path, help="also write the JSON result to this file")
-    parser.add_argument(
-        "--database-url",
-        help="bench PostgreSQL (postgresql+psycopg://user@127.0.0.1:5432/[name]): the data database, missing or "
-        "empty, default name bench_ev_<pid> (<name>_w<N> for the further worker counts); created and dropped, "
-        "with scratch databases for the baseline",
+    add_run_options(
+        parser,
+        database_help="bench PostgreSQL (postgresql+psycopg://user@127.0.0.1:5432/[name]): the data database, "
+        "missing or empty, default name bench_ev_<pid> (<name>_w<N> for the further worker counts); created and "
+        "dropped, with scratch databases for the baseline",
+        max_seconds=900,
+        max_seconds_help="stop sending after this long per phase",
     )
-    parser.add_argument("--tmp-dir", type=Path, help="where the temporary data folders go (default: system temp)")
-    parser.add_argument("--max-seconds", type=float, default=900, help="stop sending after this long per phase")
     parser.add_argument(
         "--profile",
         type=Path,
@@ -880,16 +878,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--batch-size must be between 1 and 1000 (the service's limit)")
     if not 0 <= args.unknown_share < 1:
         parser.error("--unknown-share must be in [0, 1)")
-    if args.database_url and not args.database_url.startswith("postgresql"):
-        parser.error("--database-url must be a postgresql:// URL (the default is the embedded SQLite store)")
+    check_run_options(parser, args)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    stop_on_sigterm()
-    quiet()
-    load_before = load_average(note_above=0.5)
+    load_before = begin(note_above=0.5)
     started = datetime.now(UTC)
     rng = random.Random(f"profilestore-events-visitors:{args.seed}")
     visitors = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(args.subjects)]

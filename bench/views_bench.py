@@ -65,15 +65,15 @@ from bench.common import (  # noqa: E402
     Phase,
     ServedProcess,
     Store,
-    load_average,
+    add_run_options,
+    begin,
+    check_run_options,
     machine_info,
     merge_stacks,
     open_store,
     process_cpu_seconds,
     py_spy,
-    quiet,
     row_counts,
-    stop_on_sigterm,
 )
 from bench.events_bench import EventStream, grant_consent, post_batches, publish_notice  # noqa: E402
 from bench.workload import iso  # noqa: E402
@@ -675,15 +675,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="slices each HTTP phase is cut into, taken in turn across the subjects and the bare lookup (default 5)",
     )
     parser.add_argument("--warmup", type=int, default=50, help="untimed calls per subject and client first (50)")
-    parser.add_argument("--seed", type=int, default=1, help="workload seed (default 1)")
-    parser.add_argument("--json-out", type=Path, help="also write the JSON result to this file")
-    parser.add_argument(
-        "--database-url",
-        help="bench PostgreSQL (postgresql+psycopg://user@127.0.0.1:5432/[name]): the data database, missing or "
-        "empty, default name bench_views_<pid>; created and dropped",
+    add_run_options(
+        parser,
+        database_help="bench PostgreSQL (postgresql+psycopg://user@127.0.0.1:5432/[name]): the data database, "
+        "missing or empty, default name bench_views_<pid>; created and dropped",
+        max_seconds=600,
+        max_seconds_help="stop any phase after this long",
     )
-    parser.add_argument("--tmp-dir", type=Path, help="where the temporary data folder goes (default: system temp)")
-    parser.add_argument("--max-seconds", type=float, default=600, help="stop any phase after this long")
     parser.add_argument(
         "--profile", type=Path, help="record the concurrent HTTP phase of the largest subject with py-spy (raw)"
     )
@@ -703,16 +701,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--warmup must be at least 0")
     if not 0 < args.seconds <= 600:
         parser.error("--seconds must be in (0, 600]")
-    if args.database_url and not args.database_url.startswith("postgresql"):
-        parser.error("--database-url must be a postgresql:// URL (the default is the embedded SQLite store)")
+    check_run_options(parser, args)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    stop_on_sigterm()
-    quiet()
-    load_before = load_average(note_above=0.5)
+    load_before = begin(note_above=0.5)
     started = datetime.now(UTC)
 
     with contextlib.ExitStack() as cleanup:
