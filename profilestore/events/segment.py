@@ -241,9 +241,10 @@ def _apply_person(
             identifiers=Identifiers(**ids), preferences=items, source=settings.segment.source, declared_at=when
         )
         prepared = preferences.prepare(session, settings, body, now=now)
-        _, status = identity.live_status(session, resolution.subject_id) or ("", "active")
-        allowed = consent.collectable_categories(session, resolution.subject_id)
-        preferences.store(session, resolution.cipher(vault), prepared, status, allowed, client_id=client_id)
+        found = identity.live_status(session, resolution.subject_id)
+        if found is not None:
+            allowed = consent.collectable_categories(session, resolution.subject_id)
+            preferences.store(session, resolution.cipher(vault), prepared, found[1], allowed, client_id=client_id)
 
 
 def _previous(session: Session, vault: Vault, settings: Settings, previous: str) -> dict[str, str]:
