@@ -28,6 +28,7 @@ from profilestore.config import Settings
 from profilestore.consent import service as consent
 from profilestore.crypto.service import DecryptionError, SubjectCipher, Vault
 from profilestore.events.models import Event
+from profilestore.identity.schemas import SubjectStatus
 from profilestore.kit.bulk import Bulk
 from profilestore.kit.errors import InvalidInput, PayloadTooLarge
 from profilestore.kit.ids import new_ids
@@ -174,7 +175,7 @@ def admit(
             report.dropped["no_consent"] += 1
             continue
         subject_id, status = subject
-        if status == "restricted":
+        if status == SubjectStatus.restricted:
             report.dropped["restricted"] += 1
             continue
         allowed = gates[subject_id].allowing(event.category)

@@ -1,8 +1,16 @@
-"""Identifier bodies: known kinds only, at least one present."""
+"""Identifier bodies: known kinds only, at least one present; the states a subject can be in."""
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class SubjectStatus(StrEnum):
+    active = "active"
+    merged = "merged"  # into another subject, which holds everything now
+    restricted = "restricted"  # processing stopped, data kept (a restriction request)
 
 
 class Identifiers(BaseModel):

@@ -28,6 +28,7 @@ from profilestore.crypto.service import SubjectCipher, Vault
 from profilestore.events import service as events
 from profilestore.identity.models import Identifier, Subject, SubjectMerge
 from profilestore.identity.normalise import normalise
+from profilestore.identity.schemas import SubjectStatus
 from profilestore.kit.errors import Conflict, InvalidInput
 from profilestore.kit.ids import new_id
 from profilestore.kit.sql import Query, rows
@@ -109,7 +110,7 @@ def live_status(session: Session, subject_id: str) -> tuple[str, str] | None:
     own_id, own_status, live_id, live_status_ = row
     if live_id is not None:
         return live_id, live_status_
-    return None if own_status == "merged" else (own_id, own_status)
+    return None if own_status == SubjectStatus.merged else (own_id, own_status)
 
 
 def find(session: Session, vault: Vault, settings: Settings, identifiers: dict[str, str]) -> str | None:
@@ -271,7 +272,7 @@ def link(
 def _create_subject(session: Session, vault: Vault) -> str:
     now = utcnow()
     subject_id = new_id("sub")
-    session.add(Subject(id=subject_id, status="active", merged_into=None, created_at=now, updated_at=now))
+    session.add(Subject(id=subject_id, status=SubjectStatus.active, merged_into=None, created_at=now, updated_at=now))
     session.flush()
     vault.create_subject_key(subject_id)
     return subject_id
@@ -322,8 +323,9 @@ def _merge(
     session.add(SubjectMerge(subject_id=loser, merged_into=survivor, merged_at=now, client_id=client_id))
     loser_row = session.get(Subject, loser)
     assert loser_row is not None
-    if loser_row.status == "restricted":  # a restriction is the person's: the merged person keeps it
-        session.execute(update(Subject).where(Subject.id == survivor).values(status="restricted", updated_at=now))
-    loser_row.status, loser_row.merged_into, loser_row.updated_at = "merged", survivor, now
+    if loser_row.status == SubjectStatus.restricted:  # the person's restriction: the merged person keeps it
+        restrict = update(Subject).where(Subject.id == survivor).values(status=SubjectStatus.restricted, updated_at=now)
+        session.execute(restrict)
+    loser_row.status, loser_row.merged_into, loser_row.updated_at = SubjectStatus.merged, survivor, now
     session.flush()
     consent.absorb(session, survivor, lineage(session, survivor), loser)

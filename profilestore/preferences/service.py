@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from profilestore.config import Settings
 from profilestore.crypto.service import SubjectCipher
+from profilestore.identity.schemas import SubjectStatus
 from profilestore.kit.errors import InvalidInput
 from profilestore.kit.ids import new_id
 from profilestore.kit.moving import move_subject_rows
@@ -51,7 +52,7 @@ def admitted(
     """The preferences that may be collected: those whose category ``allowed_categories`` (the
     union of the policies of the subject's purposes in force) covers; none for a restricted
     subject, whose processing has stopped."""
-    if subject_status == "restricted":
+    if subject_status == SubjectStatus.restricted:
         return []
     allowed = list(allowed_categories)
     return [item for item in prepared.body.preferences if covers(allowed, item.category)]

@@ -26,6 +26,7 @@ from profilestore.consent.service import EPOCH_ZERO
 from profilestore.crypto.service import Vault
 from profilestore.events import service as events
 from profilestore.identity import service as identity
+from profilestore.identity.schemas import SubjectStatus
 from profilestore.kit.errors import Forbidden, InvalidInput
 from profilestore.kit.sql import prefetch, reads_ahead
 from profilestore.preferences import service as preferences
@@ -150,7 +151,7 @@ def _view(
     if found is None:
         return _default(settings, q, "unknown_subject", None), None, "unknown_subject"
     subject_id, status = found
-    if status == "restricted":
+    if status == SubjectStatus.restricted:
         return _default(settings, q, "restricted", subject_id), subject_id, "restricted"
     verdict = consent.effective_status(session, subject_id, rule, now)
     if not verdict.in_force:
