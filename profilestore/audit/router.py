@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel
 
 from profilestore.audit import service
@@ -33,14 +34,22 @@ def audit(
     subject_id: Annotated[str, Query(min_length=1, max_length=40)],
     session: ReadSession,
     recorder: RecorderDep,
+    response: Response,
     _: Privacy,
+    after: Annotated[int, Query(ge=0, description="the seq of the last entry of the previous page")] = 0,
+    limit: Annotated[int, Query(ge=1, le=service.PAGE_MAX)] = service.PAGE_DEFAULT,
 ) -> list[AuditEntry]:
-    """Every logged access to the subject's data (its whole lineage), oldest first."""
+    """Logged accesses to the subject's data (its whole lineage), oldest first, a page at a time:
+    a full page carries a ``Link`` header (``rel="next"``) to the next one; a shorter page is the
+    last."""
     # Reads buffered by this process are written first: before the session's first read, which
     # fixes what it sees (SQLite's read transaction), so this stays here, not in a service.
     recorder.flush()
     live = identity.current(session, subject_id) or subject_id
-    entries = service.entries_for(session, list(identity.lineage(session, live)))
+    entries = service.entries_for(session, list(identity.lineage(session, live)), after=after, limit=limit)
+    if len(entries) == limit:
+        query = urlencode({"subject_id": subject_id, "after": entries[-1].seq, "limit": limit})
+        response.headers["Link"] = f'</v1/audit?{query}>; rel="next"'
     return [
         AuditEntry(
             seq=e.seq,

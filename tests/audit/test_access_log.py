@@ -242,6 +242,47 @@ def test_the_audit_lists_reads_of_every_subject_merged_into_one(quiet: Quiet, ke
     assert sorted(e["subject_id"] for e in entries) == sorted([anonymous, known])
 
 
+def test_the_audit_pages_through_a_merged_subjects_log_by_its_next_links(quiet: Quiet, keys: Keys) -> None:
+    api = quiet.client
+    anonymous = Store(api, keys, {"anonymous_id": "cookie-1"}).consent({"personalize": "granted"})
+    known = Store(api, keys, {"email": "ada@example.com"}).consent({"personalize": "granted"})
+    other = Store(api, keys, {"email": "bob@example.com"}).consent({"personalize": "granted"})
+    for i in range(7):
+        view(api, keys, (anonymous, known, other)[i % 3])
+    survivor = Store(api, keys, {"anonymous_id": "cookie-1", "email": "ada@example.com"}).consent(
+        {"personalize": "granted"}
+    )
+    whole = _audit(api, keys, survivor)
+    assert len(whole) >= 8 and {e["subject_id"] for e in whole} == {anonymous, known}
+
+    pages, url = [], f"/v1/audit?subject_id={survivor}&limit=3"
+    while url:
+        answer = api.get(url, headers=keys.header("privacy"))
+        assert answer.status_code == 200, answer.text
+        pages.append(answer.json())
+        link = answer.headers.get("link")
+        url = link[link.index("<") + 1 : link.index(">")] if link else ""
+        assert (link is not None) == (len(pages[-1]) == 3)
+        assert len(pages) <= len(whole)
+    assert [e for page in pages for e in page] == whole  # every entry once, in log order
+    assert all(len(page) <= 3 for page in pages)
+
+    after = whole[2]["seq"]
+    answer = api.get("/v1/audit", headers=keys.header("privacy"), params={"subject_id": survivor, "after": after})
+    assert answer.json() == whole[3:]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"), [({"limit": 0}, "limit"), ({"limit": 5001}, "limit"), ({"after": -1}, "after")]
+)
+def test_a_bad_audit_page_is_refused_naming_the_parameter(
+    quiet: Quiet, keys: Keys, params: dict[str, int], field: str
+) -> None:
+    answer = quiet.client.get("/v1/audit", headers=keys.header("privacy"), params={"subject_id": UNKNOWN_ID, **params})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["field"] == field
+
+
 def test_the_access_log_chain_verifies_and_finds_an_edited_entry(api: TestClient, keys: Keys, runtime: Runtime) -> None:
     ada = Store(api, keys)
     subject = ada.consent({"personalize": "granted"})
