@@ -29,7 +29,12 @@ class AuditEntry(BaseModel):
     hash: str
 
 
-@router.get("/v1/audit")
+_NEXT_PAGE = {
+    "Link": {"description": 'on a full page: `</v1/audit?…&after=<seq>…>; rel="next"`', "schema": {"type": "string"}}
+}
+
+
+@router.get("/v1/audit", responses={200: {"description": "a page of entries", "headers": _NEXT_PAGE}})
 def audit(
     subject_id: Annotated[str, Query(min_length=1, max_length=40)],
     session: ReadSession,
