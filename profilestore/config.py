@@ -142,14 +142,20 @@ class SegmentSettings(BaseModel):
 class ViewSettings(BaseModel):
     """Purpose-bound views (``PROFILESTORE_VIEWS__…``)."""
 
-    max_values_per_dimension: int = 20
-    recent_events_default: int = 20
-    recent_events_max: int = 100
-    declared_weight: float = 1.0
-    contradiction_min_evidence: int = 5
+    max_values_per_dimension: int = Field(default=20, ge=1)
+    recent_events_default: int = Field(default=20, ge=1)
+    recent_events_max: int = Field(default=100, ge=1)
+    declared_weight: float = Field(default=1.0, ge=0)
+    contradiction_min_evidence: int = Field(default=5, ge=1)
     # purpose → dimension → values a reader can render for people the store cannot classify
     defaults: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
-    audit_flush_seconds: float = 0.2
+    audit_flush_seconds: float = Field(default=0.2, gt=0)
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> ViewSettings:
+        if self.recent_events_default > self.recent_events_max:
+            raise ValueError("recent_events_default must not exceed recent_events_max")
+        return self
 
 
 class Settings(BaseSettings):

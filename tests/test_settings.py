@@ -114,6 +114,31 @@ def test_production_set_in_the_environment_refuses_to_start_without_a_master_key
         Settings()
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "words"),
+    [
+        ("PROFILESTORE_VIEWS__MAX_VALUES_PER_DIMENSION", "0", "max_values_per_dimension"),
+        ("PROFILESTORE_VIEWS__RECENT_EVENTS_DEFAULT", "200", "must not exceed recent_events_max"),
+        ("PROFILESTORE_VIEWS__AUDIT_FLUSH_SECONDS", "0", "audit_flush_seconds"),
+        ("PROFILESTORE_VIEWS__DECLARED_WEIGHT", "-1", "declared_weight"),
+    ],
+)
+def test_view_settings_out_of_range_refuse_to_start_naming_the_setting(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, words: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=words):
+        Settings()
+
+
+def test_view_settings_are_read_from_the_environment(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROFILESTORE_VIEWS__MAX_VALUES_PER_DIMENSION", "5")
+    monkeypatch.setenv("PROFILESTORE_VIEWS__DEFAULTS", '{"personalize.content": {"category": ["bestsellers"]}}')
+    views = Settings().views
+    assert views.max_values_per_dimension == 5
+    assert views.defaults == {"personalize.content": {"category": ["bestsellers"]}}
+
+
 def test_production_starts_with_an_explicit_master_key(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     key = encode_master_key(generate_master_key())
     assert Settings(environment="production", master_key=key).environment is Environment.production  # type: ignore[arg-type]
