@@ -1,10 +1,12 @@
 """Every operation of the OpenAPI schema, fed input that schema allows and input it forbids
 (schemathesis generates both), answers without a server error (a bad value is a 4xx naming its
 field, never a 500), and only as the schema says it may: with a status it documents, in the shape
-it documents for that status."""
+it documents for that status. ``FUZZ_EXAMPLES`` (default 50) sets the cases per operation and
+mode, for a deeper run by hand."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import schemathesis
@@ -20,6 +22,8 @@ from schemathesis.checks import (
 from profilestore.app import create_app
 from profilestore.runtime import Runtime
 from tests.conftest import Keys
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))
 
 # Each operation with the key of a role it admits, so that input reaches the service, not the guard.
 COLLECTED = ("/v1/consents", "/v1/preferences", "/v1/events", "/v1/batch", "/v1/track", "/v1/page")
@@ -61,7 +65,7 @@ def test_every_operation_refuses_invalid_input_as_documented_never_with_a_500(ru
 
 def _fuzz(operation: Any, headers: dict[str, str], mode: GenerationMode) -> None:
     @given(case=operation.as_strategy(mode))
-    @settings(max_examples=50, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     def answers_as_documented(case: Any) -> None:
         case.call_and_validate(headers=headers, checks=CHECKS)
 
