@@ -180,6 +180,11 @@ def current_query(subject_id: str) -> Query:
     return _CURRENT, {"subject_id": subject_id}
 
 
+def held(session: Session, subject_id: str) -> int:
+    """How many current preferences the subject has (for ``explain``: none read, none decrypted)."""
+    return len(rows(session, *current_query(subject_id)))
+
+
 def permitted(
     session: Session, cipher: SubjectCipher, categories: Iterable[str], since: datetime
 ) -> tuple[list[PreferenceOut], Counter[str]]:

@@ -451,6 +451,18 @@ def read(
     return Reading(found, volumes)
 
 
+def held(session: Session, subject_id: str) -> Counter[tuple[str, str]]:
+    """All the subject's evidence, by (dimension, category): what a view that may use none of it
+    leaves out (for ``explain``)."""
+    s = Signal.__table__.c
+    counts: Counter[tuple[str, str]] = Counter()
+    for dimension, category, evidence in session.execute(
+        select(s.dimension, s.category, s.evidence).where(s.subject_id == subject_id)
+    ):
+        counts[(dimension, category)] += evidence
+    return counts
+
+
 def left_out(session: Session, subject_id: str, permitted: Permitted) -> Counter[tuple[str, str, str]]:
     """Evidence a view does not count, by (dimension, category, reason): for ``explain``."""
     s = Signal.__table__.c

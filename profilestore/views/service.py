@@ -82,8 +82,25 @@ def authorise(caller: Caller, q: ViewQuery) -> None:
         raise Forbidden(f"this client may not read for purpose '{q.purpose}'")
 
 
-def _default(settings: Settings, q: ViewQuery, reason: str, subject_id: str | None) -> ViewOut:
-    return ViewOut(
+def _default(
+    session: Session, settings: Settings, q: ViewQuery, reason: str, subject_id: str | None
+) -> tuple[ViewOut, str | None, str]:
+    """The default view, the subject it stands for and why. Explained, it lists everything the
+    subject has as left out, for that reason (a reader asking never learns whether it exists)."""
+    explanation = None
+    if q.explain:
+        left_out = []
+        if subject_id is not None:
+            left_out = [
+                LeftOut(section="signals", dimension=d, category=c, reason=reason, count=n)
+                for (d, c), n in sorted(signals.held(session, subject_id).items())
+            ]
+            if count := preferences.held(session, subject_id):
+                left_out.append(
+                    LeftOut(section="preferences", dimension=None, category=None, reason=reason, count=count)
+                )
+        explanation = Explanation(reason=reason, left_out=left_out)
+    view = ViewOut(
         purpose=q.purpose,
         subject_id=None,
         personalised=False,
@@ -92,8 +109,9 @@ def _default(settings: Settings, q: ViewQuery, reason: str, subject_id: str | No
         consent=ConsentSummary(in_force=False, basis=None, granted_since=None),
         defaults=settings.views.defaults.get(q.purpose, {}),
         recent_events=[] if "recent_events" in q.include else None,
-        explain=Explanation(reason=reason, left_out=[]) if q.explain else None,
+        explain=explanation,
     )
+    return view, subject_id, reason
 
 
 def build(
@@ -149,14 +167,13 @@ def _view(
     """The view, the subject it is of (None if unknown), and why it is (not) personalised."""
     found = identity.live_status(session, subject_ref) if subject_ref else None
     if found is None:
-        return _default(settings, q, "unknown_subject", None), None, "unknown_subject"
+        return _default(session, settings, q, "unknown_subject", None)
     subject_id, status = found
     if status == SubjectStatus.restricted:
-        return _default(settings, q, "restricted", subject_id), subject_id, "restricted"
+        return _default(session, settings, q, "restricted", subject_id)
     verdict = consent.effective_status(session, subject_id, rule, now)
     if not verdict.in_force:
-        reason = f"consent_{verdict.status}"
-        return _default(settings, q, reason, subject_id), subject_id, reason
+        return _default(session, settings, q, f"consent_{verdict.status}", subject_id)
 
     permitted = signals.Permitted(rule.categories, verdict.grant_epoch or EPOCH_ZERO)
     cipher = vault.cipher(subject_id)

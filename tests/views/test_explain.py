@@ -89,13 +89,20 @@ def test_a_default_view_explains_why_it_is_one(api: TestClient, keys: Keys, runt
         restricted_id: "restricted",
     }
     marketing_only.events(1, {"category": "Golf"})
+    marketing_only.prefer("favourite_category", "Chess")
+    # What each of them holds, all of it left out of the view for the view's one reason.
+    golf = {("signals", "category", "user.behavior.browsing_history"): 1}
+    held = {"consent_withdrawn": golf, "restricted": golf, "consent_none": {**golf, ("preferences", None, None): 1}}
 
     for subject, reason in expected.items():
         body = _explained(api, keys, subject)
 
         assert body["personalised"] is False, reason
         assert body["signals"] == {} and body["preferences"] == []
-        assert body["explain"] == {"reason": reason, "left_out": []}
+        assert body["explain"]["reason"] == reason
+        left_out = body["explain"]["left_out"]
+        assert {e["reason"] for e in left_out} <= {reason}
+        assert {(e["section"], e["dimension"], e["category"]): e["count"] for e in left_out} == held.get(reason, {})
         # the reader's answer says none of it
         reader = get_view(api, keys.header("reader"), subject)
         assert reader.status_code == 200
