@@ -143,7 +143,10 @@ def build(
     rule = rules[q.purpose]
 
     view, subject_id, reason = _view(session, vault, settings, q, rule, subject_ref, now)
-    sections = sorted(["signals", "preferences", *q.include] if view.personalised else ["default"])
+    sections = ["signals", "preferences", *q.include] if view.personalised else ["default"]
+    if q.explain:  # it tells what else the person has: a read of its own kind
+        sections.append("explain")
+    sections.sort()
     # The reason a view is (not) personalised is logged on every read; readers never see it.
     recorder.record(
         client_id=caller.client_id,

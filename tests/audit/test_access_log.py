@@ -115,7 +115,7 @@ def test_every_view_read_is_listed_with_client_purpose_and_sections(quiet: Quiet
     assert [(e["client_id"], e["subject_id"], e["purpose"], e["detail"]["sections"]) for e in entries] == [
         (reader, subject, VIEW_PURPOSE, ["preferences", "signals"]),
         (reader, subject, VIEW_PURPOSE, ["preferences", "recent_events", "signals"]),
-        (privacy, subject, "personalize", ["preferences", "signals"]),
+        (privacy, subject, "personalize", ["explain", "preferences", "signals"]),
     ]
     assert all(e["detail"]["personalised"] is True for e in entries)
     assert _count_view_reads(runtime) == 4  # the audit call flushed every buffered read
