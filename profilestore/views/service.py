@@ -82,24 +82,27 @@ def authorise(caller: Caller, q: ViewQuery) -> None:
         raise Forbidden(f"this client may not read for purpose '{q.purpose}'")
 
 
+def _held_as_left_out(session: Session, subject_id: str | None, reason: str) -> list[LeftOut]:
+    """Everything the subject holds, as left out of a default view for ``reason`` (for explain)."""
+    if subject_id is None:
+        return []
+    left_out = [
+        LeftOut(section="signals", dimension=d, category=c, reason=reason, count=n)
+        for (d, c), n in sorted(signals.held(session, subject_id).items())
+    ]
+    if count := preferences.held(session, subject_id):
+        left_out.append(LeftOut(section="preferences", dimension=None, category=None, reason=reason, count=count))
+    return left_out
+
+
 def _default(
     session: Session, settings: Settings, q: ViewQuery, reason: str, subject_id: str | None
 ) -> tuple[ViewOut, str | None, str]:
     """The default view, the subject it stands for and why. Explained, it lists everything the
-    subject has as left out, for that reason (a reader asking never learns whether it exists)."""
+    subject holds as left out for that reason (a reader's answer says nothing of it)."""
     explanation = None
     if q.explain:
-        left_out = []
-        if subject_id is not None:
-            left_out = [
-                LeftOut(section="signals", dimension=d, category=c, reason=reason, count=n)
-                for (d, c), n in sorted(signals.held(session, subject_id).items())
-            ]
-            if count := preferences.held(session, subject_id):
-                left_out.append(
-                    LeftOut(section="preferences", dimension=None, category=None, reason=reason, count=count)
-                )
-        explanation = Explanation(reason=reason, left_out=left_out)
+        explanation = Explanation(reason=reason, left_out=_held_as_left_out(session, subject_id, reason))
     view = ViewOut(
         purpose=q.purpose,
         subject_id=None,
