@@ -41,7 +41,9 @@ def audit(
     recorder: RecorderDep,
     response: Response,
     _: Privacy,
-    after: Annotated[int, Query(ge=0, description="the seq of the last entry of the previous page")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=service.SEQ_MAX, description="the seq of the last entry of the previous page")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=service.PAGE_MAX)] = service.PAGE_DEFAULT,
 ) -> list[AuditEntry]:
     """Logged accesses to the subject's data (its whole lineage), oldest first, a page at a time:

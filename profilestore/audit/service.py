@@ -67,6 +67,7 @@ def log(session: Session, **access: Unpack[Access]) -> None:
 # Entries an audit answers at once: every view is logged, so a frequent visitor's log grows by
 # thousands of reads a day.
 PAGE_DEFAULT, PAGE_MAX = 500, 5000
+SEQ_MAX = 2**63 - 1  # the log's sequence numbers are 64-bit integers
 
 
 def entries_for(session: Session, subject_ids: list[str], *, after: int, limit: int) -> list[AccessLogEntry]:

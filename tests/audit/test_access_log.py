@@ -273,7 +273,8 @@ def test_the_audit_pages_through_a_merged_subjects_log_by_its_next_links(quiet: 
 
 
 @pytest.mark.parametrize(
-    ("params", "field"), [({"limit": 0}, "limit"), ({"limit": 5001}, "limit"), ({"after": -1}, "after")]
+    ("params", "field"),
+    [({"limit": 0}, "limit"), ({"limit": 5001}, "limit"), ({"after": -1}, "after"), ({"after": 2**63}, "after")],
 )
 def test_a_bad_audit_page_is_refused_naming_the_parameter(
     quiet: Quiet, keys: Keys, params: dict[str, int], field: str
