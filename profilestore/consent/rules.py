@@ -76,12 +76,20 @@ class Effective:
 def effective(purpose: str, needs_consent: bool, states: Mapping[str, State], now: datetime) -> Effective:
     if not needs_consent:
         return Effective(True, "not_required", None, None)
+    # The most specific decision decides. A lapsed grant is no decision: the person refused
+    # nothing, so a grant above it in force still covers the purpose (a withdrawal or a denial of
+    # the purpose itself does beat its parent's grant).
+    lapsed = None
     for candidate in ancestors(purpose):
         state = states.get(candidate)
         if state is None:
             continue
         if state.granted_at(now):
             return Effective(True, GRANTED, candidate, state.grant_started_at, state.grant_epoch)
-        status = "expired" if state.status == GRANTED else state.status
-        return Effective(False, status, candidate, None)
+        if state.status == GRANTED:
+            lapsed = lapsed or candidate
+            continue
+        return Effective(False, state.status, candidate, None)
+    if lapsed is not None:
+        return Effective(False, "expired", lapsed, None)
     return Effective(False, "none", None, None)

@@ -71,12 +71,22 @@ def model_effective(purpose: str, needs_consent: bool, states: dict[str, State],
     recorded = [key for key in states if is_at_or_above(key, purpose)]
     if not recorded:
         return Effective(False, "none", None, None)
-    deciding = max(recorded, key=lambda key: key.count("."))
+
+    def depth(key: str) -> int:
+        return key.count(".")
+
+    def lapsed(key: str) -> bool:
+        state = states[key]
+        return state.status == GRANTED and state.expires_at is not None and now >= state.expires_at
+
+    decisions = [key for key in recorded if not lapsed(key)]
+    if not decisions:  # only lapsed grants: the most specific one says why
+        return Effective(False, "expired", max(recorded, key=depth), None)
+    deciding = max(decisions, key=depth)
     state = states[deciding]
-    live = state.status == GRANTED and (state.expires_at is None or now < state.expires_at)
-    if live:
+    if state.status == GRANTED:
         return Effective(True, GRANTED, deciding, state.grant_started_at)
-    return Effective(False, "expired" if state.status == GRANTED else state.status, deciding, None)
+    return Effective(False, state.status, deciding, None)
 
 
 # -- strategies ------------------------------------------------------------------------------------
@@ -310,6 +320,18 @@ def test_a_grant_is_expired_at_its_expiry_instant() -> None:
 def test_an_expired_parent_grant_covers_no_child() -> None:
     verdict = effective("personalize.content", True, {"personalize": granted(days_left=-1)}, T0)
     assert (verdict.in_force, verdict.status, verdict.decided_by) == (False, "expired", "personalize")
+
+
+def test_a_childs_lapsed_grant_leaves_it_to_a_parents_grant_in_force() -> None:
+    states = {"personalize": granted(), "personalize.content": granted(days_left=-1)}
+    verdict = effective("personalize.content.profiling", True, states, T0)
+    assert (verdict.in_force, verdict.decided_by) == (True, "personalize")
+    # ...but not to a parent's refusal, and with nothing above it stays expired
+    states["personalize"] = State(WITHDRAWN, "rec_w", at(-1), None, None)
+    verdict = effective("personalize.content", True, states, T0)
+    assert (verdict.in_force, verdict.status, verdict.decided_by) == (False, WITHDRAWN, "personalize")
+    verdict = effective("personalize.content", True, {"personalize.content": granted(days_left=-1)}, T0)
+    assert (verdict.in_force, verdict.status, verdict.decided_by) == (False, "expired", "personalize.content")
 
 
 def test_purposes_not_resting_on_consent_are_in_force_whatever_the_records_say() -> None:

@@ -287,6 +287,24 @@ def test_expired_consent_gives_the_default_view_and_a_new_grant_starts_from_noth
     assert regranted["signals"] == {}
 
 
+def test_a_childs_lapsed_grant_leaves_the_view_to_its_parents_grant(api: TestClient, keys: Keys) -> None:
+    """A lapse is no refusal: the person's grant of the parent, given since, covers the child again
+    (only what was collected under that grant)."""
+    set_policy(api, keys, VIEW_PURPOSE, ["user.behavior", "user.preferences"], consent_valid_days=1)
+    ada = Store(api, keys)
+    subject = ada.consent({VIEW_PURPOSE: "granted"}, at=days_ago(2))
+    ada.consent({"marketing": "granted"}, at=days_ago(2))  # keeps collection going meanwhile
+    ada.events(2, {"category": "Golf"})
+    assert view(api, keys, subject)["personalised"] is False  # lapsed, nothing above it
+
+    ada.consent({"personalize": "granted"})
+    ada.events(1, {"category": "Tennis"})
+
+    body = view(api, keys, subject)
+    assert body["personalised"] is True
+    assert values(body) == ["tennis"]  # what came before this grant stays out
+
+
 def test_a_withdrawal_or_policy_change_shows_on_the_very_next_read_in_this_and_another_process(
     api: TestClient, keys: Keys, runtime: Runtime
 ) -> None:
