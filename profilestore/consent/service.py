@@ -163,7 +163,7 @@ def record_changes(
     changed = [
         (p, s, collected.source)
         for p, s in decisions
-        if p in rules and (current.get(p) is None or current[p].status != s)
+        if p in rules and _changes(current.get(p), s, collected.collected_at)
     ]
     if gpc:
         changed += _gpc_decisions(
@@ -172,6 +172,16 @@ def record_changes(
     if not changed:
         return None
     return _append(session, cipher, lineage, changed, collected, rules, client_id)
+
+
+def _changes(state: State | None, status: str, at: datetime) -> bool:
+    """Whether a signalled decision changes a purpose's state: a grant renews one that has expired
+    (a banner still saying yes after the validity ran out is a new grant, not a repeat)."""
+    if state is None:
+        return True
+    if status == GRANTED:
+        return not state.granted_at(at)
+    return state.status != status
 
 
 def _gpc_decisions(

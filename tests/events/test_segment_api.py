@@ -24,6 +24,7 @@ from tests.events.support import (
     segment_message,
     stored_events,
 )
+from tests.views.support import set_policy
 
 PERSONALIZATION = consent_context(Personalization=True)
 
@@ -337,6 +338,20 @@ def test_a_banner_state_resent_with_every_event_records_consent_once(
             select(AccessLogEntry.detail).where(AccessLogEntry.action == "consent.record").order_by(AccessLogEntry.seq)
         )
         assert [detail["records"] for (detail,) in logged] == [2, 1]
+
+
+def test_a_banner_still_saying_yes_after_the_grant_expired_renews_it(
+    api: TestClient, keys: Keys, runtime: Runtime
+) -> None:
+    set_policy(api, keys, "personalize", ["user.behavior", "user.preferences"], consent_valid_days=1)
+    two_days_ago = iso(datetime.now(UTC) - timedelta(days=2))
+    _batch(api, keys.collector, [segment_message(context=PERSONALIZATION, timestamp=two_days_ago)])
+    assert [(r.purpose, r.status) for r in consent_records(runtime)] == [("personalize", "granted")]
+
+    answer = _batch(api, keys.collector, [segment_message(context=PERSONALIZATION)])
+
+    assert answer.json()["accepted"] == 1, answer.text  # the renewed grant lets the event in
+    assert [(r.purpose, r.status) for r in consent_records(runtime)] == [("personalize", "granted")] * 2
 
 
 def test_batch_level_context_applies_to_messages_without_their_own(
