@@ -451,29 +451,20 @@ def read(
     return Reading(found, volumes)
 
 
-def held(session: Session, subject_id: str) -> Counter[tuple[str, str]]:
-    """All the subject's evidence, by (dimension, category): what a view that may use none of it
-    leaves out (for ``explain``)."""
+def left_out(
+    session: Session, subject_id: str, permitted: Permitted | None, nothing_because: str = ""
+) -> Counter[tuple[str, str, str]]:
+    """Evidence a view does not count, by (dimension, category, reason): for ``explain``. Without
+    ``permitted`` (a default view, which may count nothing) all of it, for ``nothing_because``."""
     s = Signal.__table__.c
-    counts: Counter[tuple[str, str]] = Counter()
-    for dimension, category, evidence in session.execute(
-        select(s.dimension, s.category, s.evidence).where(s.subject_id == subject_id)
-    ):
-        counts[(dimension, category)] += evidence
-    return counts
-
-
-def left_out(session: Session, subject_id: str, permitted: Permitted) -> Counter[tuple[str, str, str]]:
-    """Evidence a view does not count, by (dimension, category, reason): for ``explain``."""
-    s = Signal.__table__.c
-    rows = session.execute(
-        select(s.dimension, s.category, s.evidence).where(
-            s.subject_id == subject_id, not_(permitted.clause(s.category, s.epoch))
-        ),
-        permitted.params,
-    )
+    statement = select(s.dimension, s.category, s.evidence).where(s.subject_id == subject_id)
+    if permitted is not None:
+        statement = statement.where(not_(permitted.clause(s.category, s.epoch)))
     counts: Counter[tuple[str, str, str]] = Counter()
-    for dimension, category, evidence in rows:
-        why = "category_not_in_policy" if not covers(permitted.categories, category) else "collected_before_consent"
+    for dimension, category, evidence in session.execute(statement, permitted.params if permitted else {}):
+        why = nothing_because
+        if permitted is not None:
+            in_policy = covers(permitted.categories, category)
+            why = "collected_before_consent" if in_policy else "category_not_in_policy"
         counts[(dimension, category, why)] += evidence
     return counts

@@ -11,7 +11,7 @@ whichever process serves it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -82,17 +82,20 @@ def authorise(caller: Caller, q: ViewQuery) -> None:
         raise Forbidden(f"this client may not read for purpose '{q.purpose}'")
 
 
-def _held_as_left_out(session: Session, subject_id: str | None, reason: str) -> list[LeftOut]:
-    """Everything the subject holds, as left out of a default view for ``reason`` (for explain)."""
-    if subject_id is None:
-        return []
+def _explanation(
+    reason: str, signals_left: Mapping[tuple[str, str, str], int], preferences_left: Mapping[str, int]
+) -> Explanation:
+    """What ``explain`` shows: why the view is (not) personalised, and what it left out, by reason."""
     left_out = [
-        LeftOut(section="signals", dimension=d, category=c, reason=reason, count=n)
-        for (d, c), n in sorted(signals.held(session, subject_id).items())
+        LeftOut(section="signals", dimension=d, category=c, reason=why, count=n)
+        for (d, c, why), n in sorted(signals_left.items())
     ]
-    if count := preferences.held(session, subject_id):
-        left_out.append(LeftOut(section="preferences", dimension=None, category=None, reason=reason, count=count))
-    return left_out
+    left_out += [
+        LeftOut(section="preferences", dimension=None, category=None, reason=why, count=n)
+        for why, n in sorted(preferences_left.items())
+        if n
+    ]
+    return Explanation(reason=reason, left_out=left_out)
 
 
 def _default(
@@ -101,8 +104,13 @@ def _default(
     """The default view, the subject it stands for and why. Explained, it lists everything the
     subject holds as left out for that reason (a reader's answer says nothing of it)."""
     explanation = None
-    if q.explain:
-        explanation = Explanation(reason=reason, left_out=_held_as_left_out(session, subject_id, reason))
+    if q.explain:  # a default view uses nothing the subject holds: all of it is left out
+        signals_left: Mapping[tuple[str, str, str], int] = {}
+        preferences_left: Mapping[str, int] = {}
+        if subject_id is not None:
+            signals_left = signals.left_out(session, subject_id, None, reason)
+            preferences_left = {reason: preferences.held(session, subject_id)}
+        explanation = _explanation(reason, signals_left, preferences_left)
     view = ViewOut(
         purpose=q.purpose,
         subject_id=None,
@@ -202,15 +210,7 @@ def _view(
         recent = [RecentEvent(**e) for e in events.recent(session, cipher, permitted, q.recent_limit)]
     explanation = None
     if q.explain:
-        left_out = [
-            LeftOut(section="signals", dimension=d, category=c, reason=why, count=n)
-            for (d, c, why), n in sorted(signals.left_out(session, subject_id, permitted).items())
-        ]
-        left_out += [
-            LeftOut(section="preferences", dimension=None, category=None, reason=why, count=n)
-            for why, n in sorted(prefs_left.items())
-        ]
-        explanation = Explanation(reason="personalised", left_out=left_out)
+        explanation = _explanation("personalised", signals.left_out(session, subject_id, permitted), prefs_left)
     view = ViewOut(
         purpose=q.purpose,
         subject_id=subject_id,
