@@ -244,7 +244,8 @@ def _apply_person(
         found = identity.live_status(session, resolution.subject_id)
         if found is not None:
             allowed = consent.collectable_categories(session, resolution.subject_id)
-            preferences.store(session, resolution.cipher(vault), prepared, found[1], allowed, client_id=client_id)
+            kept = preferences.admitted(prepared, found[1], allowed)
+            preferences.store(session, resolution.cipher(vault), prepared, kept, client_id=client_id)
 
 
 def _previous(session: Session, vault: Vault, settings: Settings, previous: str) -> dict[str, str]:

@@ -30,13 +30,13 @@ def declare(
     known = identity.lookup_known(session, vault, settings, [identifiers])[0]
     if known is None:
         return service.nothing_stored(prepared, None)
-    if not service.admitted(prepared, known.status, consent.collectable_categories(session, known.subject_id)):
+    kept = service.admitted(prepared, known.status, consent.collectable_categories(session, known.subject_id))
+    if not kept:
         return service.nothing_stored(prepared, known.subject_id)
     subject = identity.resolve(session, vault, settings, identifiers, client_id=client_id, create=False)
-    found = identity.live_status(session, subject.subject_id) if subject is not None else None
-    if subject is None or found is None:  # gone since the look (PostgreSQL: another transaction)
+    if subject is None:  # gone since the look (PostgreSQL: another transaction)
         return service.nothing_stored(prepared, None)
-    # Looked at again: merging the people the identifiers name may have brought more consent, or
-    # a restriction.
-    allowed = consent.collectable_categories(session, subject.subject_id)
-    return service.store(session, subject.cipher(vault), prepared, found[1], allowed, client_id=client_id)
+    if subject.merged:  # the people merged in may have brought more consent, or a restriction
+        _, status = identity.live_status(session, subject.subject_id) or (None, known.status)
+        kept = service.admitted(prepared, status, consent.collectable_categories(session, subject.subject_id))
+    return service.store(session, subject.cipher(vault), prepared, kept, client_id=client_id)

@@ -68,14 +68,12 @@ def store(
     session: Session,
     cipher: SubjectCipher,
     prepared: PreparedPreferences,
-    subject_status: str,
-    allowed_categories: Iterable[str],
+    kept: list[PreferenceItem],
     *,
     client_id: str,
 ) -> PreferencesStored:
-    """Store the preferences ``admitted``; count the rest as dropped."""
+    """Store the preferences ``kept`` (those ``admitted``); count the rest of the post as dropped."""
     body = prepared.body
-    kept = admitted(prepared, subject_status, allowed_categories)
     for item in kept:
         _add_version(session, cipher, item, body.source, body.declared_at, client_id)
     session.flush()
